@@ -1,0 +1,267 @@
+"""The convolutional autoencoder (ConvAE).
+
+Encoder: ``stage1``..``stageN``, each ``convs_per_stage`` x (conv -> norm -> activation) followed by
+a 2x downsample (max-pool, avg-pool, or the last conv at stride 2), then a ``bottleneck``: a dense
+layer on the flattened map (``bottleneck="dense"``) or a 1x1 conv (``bottleneck="conv"``, fully
+convolutional). The decoder mirrors it and returns exactly the input's shape for any HxW, odd
+sizes included: each encoder stage records its input size and the matching decoder stage
+upsamples to at least that size and crops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ArchitectureError
+from ._features import FeatureModelMixin, LayerInfo, count_params, resolve_layers
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.1), "elu": nn.ELU}
+POOLS = ("max", "avg", "stride")
+NORMS = (None, "batch", "group")
+BOTTLENECKS = ("dense", "conv")
+UPSAMPLES = ("transpose", "upsample")
+
+
+def check_in_shape(in_shape) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in in_shape)
+    except (TypeError, ValueError):
+        raise ArchitectureError(f"in_shape must be (channels, height, width), got {in_shape!r}") from None
+    if min(c, h, w) < 1:
+        raise ArchitectureError(f"in_shape must be positive (channels, height, width), got {tuple(in_shape)}")
+    return c, h, w
+
+
+def _choice(name: str, value, choices: Iterable) -> None:
+    if value not in tuple(choices):
+        raise ArchitectureError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def make_activation(name: str) -> nn.Module:
+    _choice("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
+
+
+def _norm(kind: str | None, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(channels, 8), channels)
+    return nn.Identity()
+
+
+class ConvAutoencoder(FeatureModelMixin, nn.Module):
+    """Convolutional autoencoder for ``in_shape = (C, H, W)`` images in [0, 1].
+
+    Parameters
+    ----------
+    in_shape : (int, int, int)
+        Channels, height and width of the input.
+    channels : sequence of int, default (32, 64, 128)
+        Output channels of each encoder stage; one stage each, each halving H and W (rounding up).
+    kernel_size : int, default 3
+        Odd kernel size of every conv ("same" padding).
+    pool : {"max", "avg", "stride"}, default "max"
+        How each stage downsamples.
+    norm : {None, "batch", "group"}, default None
+    bottleneck : {"dense", "conv"}, default "dense"
+        ``dense``: a ``latent_dim`` vector; ``conv``: a 1x1 conv to ``latent_dim`` channels.
+    latent_dim : int, default 64
+    activation : {"relu", "gelu", "silu", "leaky_relu", "elu"}, default "relu"
+    upsample : {"transpose", "upsample"}, default "transpose"
+        Decoder upsampling: a learned 2x2 transposed conv, or nearest-neighbour resize.
+    convs_per_stage : int, default 1
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        channels: Sequence[int] = (32, 64, 128),
+        kernel_size: int = 3,
+        pool: str = "max",
+        norm: str | None = None,
+        bottleneck: str = "dense",
+        latent_dim: int = 64,
+        activation: str = "relu",
+        upsample: str = "transpose",
+        convs_per_stage: int = 1,
+    ):
+        super().__init__()
+        in_shape = check_in_shape(in_shape)
+        channels = tuple(int(c) for c in channels)
+        _choice("pool", pool, POOLS)
+        _choice("norm", norm, NORMS)
+        _choice("bottleneck", bottleneck, BOTTLENECKS)
+        _choice("upsample", upsample, UPSAMPLES)
+        _choice("activation", activation, ACTIVATIONS)
+        if not channels or min(channels) < 1:
+            raise ArchitectureError(f"channels must be a non-empty list of positive ints, got {channels}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ArchitectureError(f"kernel_size must be odd and positive (for 'same' padding), got {kernel_size}")
+        if latent_dim < 1 or convs_per_stage < 1:
+            raise ArchitectureError(f"latent_dim and convs_per_stage must be >= 1, got {latent_dim}, {convs_per_stage}")
+        c_in, h, w = in_shape
+        # Spatial size entering each stage; every stage needs >= 2 pixels per side to downsample.
+        sizes = [(h, w)]
+        for i in range(len(channels)):
+            sh, sw = sizes[-1]
+            if min(sh, sw) < 2:
+                need = 2 ** len(channels)
+                raise ArchitectureError(
+                    f"a {h}x{w} image is too small for {len(channels)} stages: stage{i + 1} would get a "
+                    f"{sh}x{sw} map. Use at most {int(math.log2(min(h, w)))} stages or images of at least "
+                    f"{need}x{need}."
+                )
+            sizes.append((math.ceil(sh / 2), math.ceil(sw / 2)))
+        self.config = dict(
+            in_shape=list(in_shape), channels=list(channels), kernel_size=kernel_size, pool=pool, norm=norm,
+            bottleneck=bottleneck, latent_dim=latent_dim, activation=activation, upsample=upsample,
+            convs_per_stage=convs_per_stage,
+        )
+        self.in_shape = in_shape
+        self._sizes = sizes
+        pad = kernel_size // 2
+
+        self.stages = nn.ModuleList()
+        prev = c_in
+        for c in channels:
+            layers: list[nn.Module] = []
+            for j in range(convs_per_stage):
+                stride = 2 if (pool == "stride" and j == convs_per_stage - 1) else 1
+                layers += [nn.Conv2d(prev if j == 0 else c, c, kernel_size, stride, pad), _norm(norm, c), make_activation(activation)]
+            if pool == "max":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            elif pool == "avg":
+                layers.append(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False))
+            self.stages.append(nn.Sequential(*layers))
+            prev = c
+
+        bh, bw = sizes[-1]
+        if bottleneck == "dense":
+            self.to_latent = nn.Sequential(nn.Flatten(), nn.Linear(prev * bh * bw, latent_dim))
+            self.from_latent = nn.Sequential(nn.Linear(latent_dim, prev * bh * bw), make_activation(activation), nn.Unflatten(1, (prev, bh, bw)))
+        else:
+            self.to_latent = nn.Conv2d(prev, latent_dim, 1)
+            self.from_latent = nn.Sequential(nn.Conv2d(latent_dim, prev, 1), make_activation(activation))
+
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        outs = (c_in,) + channels[:-1]
+        for i in reversed(range(len(channels))):
+            c, c_out = channels[i], outs[i]
+            self.up.append(nn.ConvTranspose2d(c, c, 2, stride=2) if upsample == "transpose" else nn.Upsample(scale_factor=2, mode="nearest"))
+            last = i == 0
+            self.dec.append(nn.Conv2d(c, c_out, kernel_size, 1, pad) if last else nn.Sequential(nn.Conv2d(c, c_out, kernel_size, 1, pad), _norm(norm, c_out), make_activation(activation)))
+
+        self.layer_names = [f"stage{i + 1}" for i in range(len(channels))] + ["bottleneck"]
+        self.feature_info = self._geometry(channels, kernel_size, pool, convs_per_stage, bottleneck, latent_dim)
+
+    def _geometry(self, channels, k, pool, convs, bottleneck, latent_dim) -> list[LayerInfo]:
+        infos, rf, jump, offset = [], 1, 1, 0.0
+        for i, c in enumerate(channels):
+            for j in range(convs):
+                rf += (k - 1) * jump
+                if pool == "stride" and j == convs - 1:
+                    jump *= 2  # odd kernel with k//2 padding keeps position 0 centred on input 0
+            if pool in ("max", "avg"):
+                rf += jump
+                offset += 0.5 * jump
+                jump *= 2
+            infos.append(LayerInfo(f"stage{i + 1}", i, c, self._sizes[i + 1], jump, (rf, rf), count_params(self.stages[i]), offset))
+        _, h, w = self.in_shape
+        if bottleneck == "dense":
+            infos.append(LayerInfo("bottleneck", len(channels), latent_dim, None, 1, (h, w), count_params(self.to_latent), (h - 1) / 2))
+        else:
+            infos.append(LayerInfo("bottleneck", len(channels), latent_dim, self._sizes[-1], jump, (rf, rf), count_params(self.to_latent), offset))
+        return infos
+
+    def _decoder_param_counts(self) -> dict[str, int]:
+        counts = {"decoder.from_latent": count_params(self.from_latent)}
+        n = len(self.dec)
+        for i, (up, dec) in enumerate(zip(self.up, self.dec)):
+            counts[f"decoder.stage{n - i}"] = count_params(up) + count_params(dec)
+        return counts
+
+    # --- forward passes -------------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, layers=None, stop_early: bool = True) -> dict[str, torch.Tensor]:
+        """Outputs of the requested encoder layers, by name, in depth order.
+
+        ``layers``: names, indices (negative from the deepest) or None for all. With
+        ``stop_early=True`` nothing past the deepest requested layer is computed.
+        """
+        wanted = resolve_layers(self.layer_names, layers)
+        deepest = max(self.layer_names.index(n) for n in wanted)
+        last = deepest if stop_early else len(self.layer_names) - 1
+        out: dict[str, torch.Tensor] = {}
+        for i, stage in enumerate(self.stages):  # (B, C_i, H_i, W_i)
+            if i > last:
+                return out
+            x = stage(x)
+            if self.layer_names[i] in wanted:
+                out[self.layer_names[i]] = x
+        if last == len(self.stages):
+            z = self.to_latent(x)
+            if "bottleneck" in wanted:
+                out["bottleneck"] = z
+        return {n: out[n] for n in self.layer_names if n in out}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> latent (B, latent_dim) or (B, latent_dim, h, w)."""
+        for stage in self.stages:
+            x = stage(x)
+        return self.to_latent(x)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.from_latent(z)
+        n = len(self.stages)
+        for i, (up, dec) in enumerate(zip(self.up, self.dec)):
+            th, tw = self._sizes[n - 1 - i]  # the size that entered the mirrored encoder stage
+            x = up(x)[..., :th, :tw]
+            x = dec(x)
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> reconstruction (B, C, H, W) in [0, 1]."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def reconstruct_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode_logits(self.encode(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.reconstruct_logits(x))
+
+    def flops_per_image(self) -> int:
+        """Multiply-accumulates x 2 of one forward pass (convs and linears), from the architecture."""
+        return _count_flops(self, self.in_shape)
+
+
+def _count_flops(model: nn.Module, in_shape) -> int:
+    """Forward FLOPs (2 x MACs) of conv, transposed conv and linear layers, measured with hooks."""
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            k = mod.weight[0].numel()  # C_in/groups * kh * kw
+            total += 2 * k * out.numel()
+        elif isinstance(mod, nn.ConvTranspose2d):
+            total += 2 * mod.weight.numel() * inp[0].shape[-1] * inp[0].shape[-2]
+        elif isinstance(mod, nn.Linear):
+            total += 2 * mod.in_features * mod.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
