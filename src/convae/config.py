@@ -1,0 +1,283 @@
+"""Configuration: three dataclasses (model, train, data) in one :class:`RunConfig`.
+
+A config round-trips through JSON (the run directory's ``config.json``) and TOML (recipes in
+``configs/``), and takes ``key=value`` overrides from the command line (``model.channels=32,64``,
+or a bare key such as ``lr=3e-4`` when only one section has it). Unknown keys and wrong types are
+:class:`~convae.errors.ConfigError` naming the key; nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ``kind="conv"`` uses the conv fields, ``kind="dense"`` uses ``hidden``."""
+
+    kind: str = "conv"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    kernel_size: int = 3
+    pool: str = "max"
+    norm: str | None = None
+    bottleneck: str = "dense"
+    latent_dim: int = 64
+    activation: str = "relu"
+    upsample: str = "transpose"
+    convs_per_stage: int = 1
+    hidden: list[int] = field(default_factory=lambda: [512, 256])
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the chosen model class."""
+        if self.kind == "dense":
+            return dict(hidden=tuple(self.hidden), latent_dim=self.latent_dim, activation=self.activation, norm=self.norm)
+        return dict(
+            channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.pool, norm=self.norm,
+            bottleneck=self.bottleneck, latent_dim=self.latent_dim, activation=self.activation,
+            upsample=self.upsample, convs_per_stage=self.convs_per_stage,
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``precision="auto"`` picks bf16 autocast where the CPU/GPU runs it natively."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam | adamw
+    loss: str = "mse"  # mse | bce
+    schedule: str = "none"  # none | cosine
+    noise: float = 0.0  # std of Gaussian noise added to inputs (denoising AE)
+    mask_ratio: float = 0.0  # fraction of 4x4 input patches zeroed (masked AE)
+    val_fraction: float = 0.1
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    threads: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | mps
+    compile: bool = False
+    num_workers: int = 0
+    grad_clip: float | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from; ``spec`` is a dataset spec such as ``fashion-mnist``."""
+
+    spec: str = "fashion-mnist"
+    image_size: list[int] | None = None  # [H, W]
+    channels: int | None = None
+    on_bad_image: str = "error"  # error | skip
+    limit: int | None = None  # use only the first N training images
+
+
+CHOICES = {
+    ("model", "kind"): ("conv", "dense"),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "loss"): ("mse", "bce"),
+    ("train", "schedule"): ("none", "cosine"),
+    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("train", "device"): ("auto", "cpu", "cuda", "mps"),
+    ("data", "on_bad_image"): ("error", "skip"),
+}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a table of sections {list(SECTIONS)}, got {type(d).__name__}")
+        extra = set(d) - set(SECTIONS) - {"format_version", "versions", "in_shape"}
+        if extra:
+            raise ConfigError(f"{source}: unknown section(s) {sorted(extra)}; valid sections: {', '.join(SECTIONS)}")
+        cfg = cls()
+        for section, values in d.items():
+            if section not in SECTIONS:
+                continue
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: [{section}] must be a table, got {type(values).__name__}")
+            for key, value in values.items():
+                set_value(cfg, f"{section}.{key}", value, source=source)
+        validate(cfg, source=source)
+        return cfg
+
+
+def _fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the field's type hint, converting only lossless cases."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list of {item.__name__}, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def resolve_key(key: str, *, source: str = "config") -> tuple[str, str]:
+    """``"train.lr"`` or a bare ``"lr"`` -> ``("train", "lr")``; unknown or ambiguous -> ConfigError."""
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r} in key {key!r}; valid: {', '.join(SECTIONS)}")
+        if name not in _fields(section):
+            raise ConfigError(f"{source}: unknown key {key!r}; valid keys in [{section}]: {', '.join(_fields(section))}")
+        return section, name
+    owners = [s for s in SECTIONS if key in _fields(s)]
+    if not owners:
+        raise ConfigError(f"{source}: unknown key {key!r}; valid keys: " + ", ".join(f"{s}.{f}" for s in SECTIONS for f in _fields(s)))
+    if len(owners) > 1:
+        raise ConfigError(f"{source}: key {key!r} is in several sections; write one of: " + ", ".join(f"{s}.{key}" for s in owners))
+    return owners[0], key
+
+
+def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "config") -> None:
+    section, name = resolve_key(key, source=source)
+    hints = typing.get_type_hints(SECTIONS[section])
+    setattr(getattr(cfg, section), name, _coerce(value, hints[name], f"{section}.{name}", source))
+
+
+def parse_value(text: str, hint: Any) -> Any:
+    """Parse a command-line value: JSON where it parses, ``none``/``null`` as None, ``a,b`` as a list."""
+    t = text.strip()
+    if t.lower() in ("none", "null"):
+        return None
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        value = json.loads(t)
+    except json.JSONDecodeError:
+        value = t
+    wants_list = typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))
+    if wants_list and isinstance(value, (int, float)):
+        value = [value]
+    elif wants_list and isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+        try:
+            value = [json.loads(p) for p in parts]
+        except json.JSONDecodeError:
+            value = parts
+    return value
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | None, *, source: str = "--set") -> RunConfig:
+    """Apply ``key=value`` strings in order, then validate the whole config."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"{source} {item!r}: expected key=value, e.g. train.lr=3e-4")
+        key, text = item.split("=", 1)
+        section, name = resolve_key(key.strip(), source=source)
+        hint = typing.get_type_hints(SECTIONS[section])[name]
+        set_value(cfg, f"{section}.{name}", parse_value(text, hint), source=source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def validate(cfg: RunConfig, *, source: str = "config") -> None:
+    """Value checks that types alone cannot express; every message names the key."""
+    for (section, name), choices in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{source}: {section}.{name}={value!r} is not one of {', '.join(choices)}")
+    t, m, d = cfg.train, cfg.model, cfg.data
+    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "model.latent_dim": m.latent_dim, "model.kernel_size": m.kernel_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
+    if not t.lr > 0:
+        raise ConfigError(f"{source}: train.lr must be > 0, got {t.lr}")
+    if not 0 <= t.val_fraction < 1:
+        raise ConfigError(f"{source}: train.val_fraction must be in [0, 1), got {t.val_fraction}")
+    if not 0 <= t.mask_ratio < 1 or t.noise < 0:
+        raise ConfigError(f"{source}: train.mask_ratio must be in [0, 1) and train.noise >= 0")
+    if m.kind == "conv" and (not m.channels or min(m.channels) < 1):
+        raise ConfigError(f"{source}: model.channels must be a non-empty list of positive ints, got {m.channels}")
+    if m.kind == "dense" and any(h < 1 for h in m.hidden):
+        raise ConfigError(f"{source}: model.hidden must hold positive ints, got {m.hidden}")
+    if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) < 1):
+        raise ConfigError(f"{source}: data.image_size must be [height, width], got {d.image_size}")
+    if d.channels not in (None, 1, 3):
+        raise ConfigError(f"{source}: data.channels must be 1 or 3, got {d.channels}")
+    for key, value in {"train.threads": t.threads, "data.limit": d.limit, "train.max_steps": t.max_steps}.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{source}: {key} must be >= 1 or none, got {value}")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a ``.toml`` or ``.json`` config file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+    return RunConfig.from_dict(data, source=str(path))
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """A TOML rendering of ``cfg`` (None values are left out: they are the defaults' absence)."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
