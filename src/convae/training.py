@@ -1,0 +1,373 @@
+"""The training loop: fast defaults, exact resume, atomic checkpoints.
+
+Determinism: the train/validation split comes from ``seed``; the order of epoch ``e`` and its
+input noise/masks come from generators seeded with ``(seed, e)``. A checkpoint holds the weights,
+the optimizer, the epoch and step within it, and every RNG state, so a resumed run repeats the
+uninterrupted one step for step (bitwise on CPU with a fixed thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import runs
+from .config import RunConfig, TrainConfig
+from .data import ImageDataset, load_dataset
+from .errors import ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
+from .metrics import psnr, ssim
+
+logger = logging.getLogger(__name__)
+
+
+# --- devices and precision --------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but no CUDA device is available; use device=auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device='mps' but MPS is not available; use device=auto or cpu")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU runs bf16 matrix work natively (AMX or AVX-512-BF16)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # older torch
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the hardware runs it natively, else ``fp16`` on CUDA, else ``fp32``."""
+    if precision != "auto":
+        if precision == "fp16" and device.type == "cpu":
+            raise ConfigError("train.precision='fp16' is for GPUs; on CPU use bf16 or fp32")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 or float (B, C, H, W) -> float32 in [0, 1] on ``device``; conversion fused after the copy."""
+    non_blocking = device.type == "cuda"
+    if batch.dtype == torch.uint8:
+        if non_blocking:
+            batch = batch.pin_memory()
+        x = batch.to(device, non_blocking=non_blocking).float().div_(255.0)
+    else:
+        x = batch.to(device, dtype=torch.float32, non_blocking=non_blocking)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, epoch, stream) alone."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=epoch_generator(seed, epoch))
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation split of ``n`` images (validation at least 1 when asked)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+    n_val = 0 if val_fraction <= 0 else max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise ConfigError(f"train.val_fraction={val_fraction} leaves no training images out of {n}")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def corrupt(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Denoising / masking corruption of an input batch (the target stays clean)."""
+    if cfg.noise > 0:
+        noise = torch.randn(x.shape, generator=gen).to(x.device, memory_format=torch.preserve_format)
+        x = (x + cfg.noise * noise).clamp_(0, 1)
+    if cfg.mask_ratio > 0:
+        b, _, h, w = x.shape
+        keep = (torch.rand(b, 1, math.ceil(h / 4), math.ceil(w / 4), generator=gen) >= cfg.mask_ratio).to(x.device, x.dtype)
+        keep = keep.repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :h, :w]
+        x = x * keep
+    return x
+
+
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    logits = logits.float()
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, target)
+    return F.mse_loss(torch.sigmoid(logits), target)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: ImageDataset, indices=None, *, batch_size: int = 512, precision: str = "fp32",
+             device: torch.device | None = None, channels_last: bool = False) -> dict[str, float]:
+    """Reconstruction MSE, PSNR (dB) and SSIM averaged over images (inputs uncorrupted)."""
+    device = device or next(model.parameters()).device
+    indices = np.arange(len(data)) if indices is None else np.asarray(indices)
+    was_training = model.training
+    model.eval()
+    total = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0}
+    n = 0
+    try:
+        for batch in data.batches(indices, batch_size):
+            x = to_input(batch, device, channels_last)
+            with autocast(precision, device):
+                recon = torch.sigmoid(model.reconstruct_logits(x).float())
+            x = x.float()
+            total["mse"] += F.mse_loss(recon, x, reduction="none").flatten(1).mean(1).sum().item()
+            total["psnr"] += psnr(recon, x).sum().item()
+            total["ssim"] += ssim(recon, x).sum().item()
+            n += x.shape[0]
+    finally:
+        model.train(was_training)
+    return {k: v / max(n, 1) for k, v in total.items()}
+
+
+# --- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+    config: RunConfig | None = None
+    seconds: float = 0.0
+    precision: str = "fp32"
+
+
+def as_dataset(images) -> ImageDataset:
+    if isinstance(images, ImageDataset):
+        return images
+    if isinstance(images, torch.Tensor):
+        return ImageDataset(images=images, labels=None, spec="array", split="train", class_names=None, skipped=[])
+    raise TypeError(f"expected an ImageDataset or an N×C×H×W tensor, got {type(images).__name__}")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    if cfg.schedule == "cosine" and total_steps > 0:
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return cfg.lr
+
+
+def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices=None, val_indices=None,
+                run_dir: str | Path | None = None, run_config: RunConfig | None = None, resume_state: dict | None = None,
+                progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data`` (an ImageDataset or uint8/float N×C×H×W tensor).
+
+    With ``run_dir``, a checkpoint and the metrics are written atomically after every epoch and
+    on Ctrl-C. ``resume_state`` (from ``trainer_state.pt``) continues exactly where it stopped.
+    """
+    data = as_dataset(data)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train_idx = np.arange(len(data)) if train_indices is None else np.asarray(train_indices)
+    if len(train_idx) == 0:
+        raise ConfigError("no training images")
+    channels_last = cfg.channels_last and device.type != "mps" and hasattr(model, "stages")
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    history: list[dict] = []
+    start_epoch, start_step_in_epoch, global_step = 0, 0, 0
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        history = list(resume_state.get("history", []))
+        start_epoch, start_step_in_epoch = int(resume_state["epoch"]), int(resume_state["step_in_epoch"])
+        global_step = int(resume_state["global_step"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in resume_state:
+            torch.cuda.set_rng_state(resume_state["cuda_rng"])
+    step_fn = torch.compile(model.reconstruct_logits) if cfg.compile else model.reconstruct_logits
+    run_dir = Path(run_dir) if run_dir is not None else None
+
+    def checkpoint(epoch: int, step_in_epoch: int, noise_gen: torch.Generator | None) -> None:
+        if run_dir is None:
+            return
+        state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "history": history}
+        if noise_gen is not None:
+            state["noise_rng"] = noise_gen.get_state()
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        runs.save_checkpoint(run_dir, model, state)
+        runs.write_metrics(run_dir, history)
+
+    t_start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    epoch, step_in_epoch, noise_gen = start_epoch, start_step_in_epoch, None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if global_step >= total_steps:
+                break
+            order = train_idx[epoch_order(len(train_idx), cfg.seed, epoch).numpy()]
+            noise_gen = epoch_generator(cfg.seed, epoch, stream=1)
+            first = start_step_in_epoch if epoch == start_epoch else 0
+            if first and resume_state is not None and "noise_rng" in resume_state:
+                noise_gen.set_state(resume_state["noise_rng"])
+            t0, seen, loss_sum, mse_sum = time.perf_counter(), 0, 0.0, 0.0
+            step_in_epoch = first
+            for batch in data.batches(order[first * cfg.batch_size:], cfg.batch_size, num_workers=cfg.num_workers):
+                if global_step >= total_steps:
+                    break
+                target = to_input(batch, device, channels_last)  # (B, C, H, W) float32 in [0, 1]
+                x = corrupt(target, cfg, noise_gen) if (cfg.noise > 0 or cfg.mask_ratio > 0) else target
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, global_step, total_steps)
+                with autocast(precision, device):
+                    logits = step_fn(x)
+                loss = reconstruction_loss(logits, target, cfg.loss)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(epoch + 1, step_in_epoch + 1, loss_value)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                global_step += 1
+                step_in_epoch += 1
+                b = target.shape[0]
+                seen += b
+                loss_sum += loss_value * b
+                if cfg.loss == "mse":
+                    mse_sum += loss_value * b
+                bar.update(1)
+                if bar.n % 10 == 0 or step_in_epoch == steps_per_epoch:
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.4f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "step": global_step, "train_loss": loss_sum / max(seen, 1)}
+            if cfg.loss == "mse":
+                record["train_mse"] = mse_sum / max(seen, 1)
+            record.update(seconds=round(seconds, 4), images_per_s=round(seen / max(seconds, 1e-9), 1), lr=optimizer.param_groups[0]["lr"])
+            if val_indices is not None and len(val_indices):
+                val = evaluate(model, data, val_indices, precision=precision, device=device, channels_last=channels_last)
+                record.update(val_mse=val["mse"], val_psnr=val["psnr"], val_ssim=val["ssim"])
+            history.append(record)
+            logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            step_in_epoch, noise_gen = 0, None
+            checkpoint(epoch + 1, 0, None)
+    except KeyboardInterrupt:
+        bar.close()
+        if run_dir is not None:
+            # Position at the last finished step; the noise generator is exactly where that step left it.
+            at_epoch_end = step_in_epoch >= steps_per_epoch
+            checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch, None if at_epoch_end else noise_gen)
+            raise TrainingInterrupted(
+                f"training interrupted at epoch {epoch + 1}, step {step_in_epoch}; checkpoint saved in {run_dir}. "
+                f"Resume with: convae train --run-dir {run_dir} --resume"
+            ) from None
+        raise
+    finally:
+        bar.close()
+    model.eval()
+    return TrainResult(model=model, history=history, run_dir=run_dir, config=run_config, seconds=time.perf_counter() - t_start, precision=precision)
+
+
+# --- the run-level entry point ----------------------------------------------------------------------
+RESUMABLE_CHANGES = {("train", "epochs")}
+
+
+def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k] and (s, k) not in RESUMABLE_CHANGES]
+
+
+def load_training_data(config: RunConfig) -> ImageDataset:
+    d = config.data
+    data = load_dataset(d.spec, "train", image_size=tuple(d.image_size) if d.image_size else None, channels=d.channels, on_bad_image=d.on_bad_image)
+    if d.limit is not None and d.limit < len(data):
+        data = data.subset(np.arange(d.limit))
+    return data
+
+
+def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+          dataset: ImageDataset | None = None) -> TrainResult:
+    """Train the model that ``config`` describes into ``run_dir`` (or resume it there).
+
+    Fresh runs refuse a directory that already holds a checkpoint, so nothing is overwritten.
+    With ``resume=True`` the run directory's own config is used; a ``config`` passed along may
+    differ from it only in ``train.epochs`` (to extend a run).
+    """
+    from .models import build_model
+
+    run_path = Path(run_dir) if run_dir is not None else None
+    resume_state = None
+    if resume:
+        if run_path is None:
+            raise ConfigError("resume needs a run directory")
+        saved, saved_shape, _ = runs.read_config(run_path)
+        if config is not None:
+            changed = _config_diff(saved, config)
+            if changed:
+                raise ConfigError(f"--resume: {run_path / runs.CONFIG} differs from the given settings in {', '.join(changed)}; "
+                                  "a resumed run must keep its settings (only train.epochs may grow)")
+            saved.train.epochs = config.train.epochs
+        config = saved
+        resume_state = runs.load_trainer_state(run_path / runs.STATE)
+    elif config is None:
+        config = RunConfig()
+    if run_path is not None and not resume and (run_path / runs.WEIGHTS).exists():
+        raise RunError(f"{run_path} already holds a trained model; pass --resume to continue it or choose a new --run-dir")
+
+    data = dataset if dataset is not None else load_training_data(config)
+    if data.skipped:
+        logger.warning("skipped %d bad image(s): %s", len(data.skipped), ", ".join(p for p, _ in data.skipped[:5]))
+    in_shape = data.shape
+    model = build_model(config.model.kind, in_shape, **config.model.model_kwargs())  # ArchitectureError before any work
+    train_idx, val_idx = split_indices(len(data), config.train.val_fraction, config.train.seed)
+
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        if resume:
+            digest = runs.load_weights(model, run_path / runs.WEIGHTS)
+            if resume_state.get("weights_sha256") not in (None, digest):
+                raise RunError(f"{run_path}: {runs.WEIGHTS} does not match {runs.STATE} (a checkpoint torn by a crash?); "
+                               "the weights on disk are newer than the optimizer state")
+            if tuple(runs.read_config(run_path)[1]) != tuple(in_shape):
+                raise RunError(f"{run_path}: the data now gives images of shape {tuple(in_shape)}, the run was trained on {runs.read_config(run_path)[1]}")
+        runs.save_config(run_path, config, in_shape)
+    result = train_model(model, data, config.train, train_indices=train_idx, val_indices=val_idx, run_dir=run_path,
+                         run_config=config, resume_state=resume_state, progress=progress)
+    return result

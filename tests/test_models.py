@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from convae import ArchitectureError, ConvAutoencoder, DenseAutoencoder, LayerError
+from convae.models import build_model
+
+SHAPES = [(1, 28, 28), (3, 32, 32), (1, 37, 53), (3, 100, 100), (3, 17, 9)]
+CONV_VARIANTS = [
+    {},
+    dict(pool="avg", norm="batch", bottleneck="conv", upsample="upsample"),
+    dict(pool="stride", norm="group", kernel_size=5, convs_per_stage=2, channels=(8, 16)),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kwargs", CONV_VARIANTS)
+def test_conv_reconstruction_has_input_shape(shape, kwargs):
+    model = ConvAutoencoder(shape, **{"channels": (4, 8, 8), **kwargs})
+    x = torch.rand(2, *shape)
+    y = model(x)
+    assert y.shape == x.shape
+    assert 0 <= y.min() and y.max() <= 1
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_dense_reconstruction_has_input_shape(shape):
+    model = DenseAutoencoder(shape, hidden=(32, 16), latent_dim=8)
+    x = torch.rand(3, *shape)
+    assert model(x).shape == x.shape
+    assert model.encode(x).shape == (3, 8)
+
+
+def test_fcae_first_layer_of_500_units_on_100x100x3_has_15000500_parameters():
+    model = DenseAutoencoder((3, 100, 100), hidden=(500,), latent_dim=16)
+    assert model.parameter_counts()["hidden1"] == 15_000_500
+    assert model.layer_info("hidden1").params == 15_000_500
+
+
+def test_conv_parameter_counts_add_up_to_total():
+    model = ConvAutoencoder((1, 28, 28))
+    counts = model.parameter_counts()
+    assert counts["stage1"] == 1 * 32 * 9 + 32
+    assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
+
+
+def test_too_many_stages_for_image_fails_before_training():
+    with pytest.raises(ArchitectureError, match="too small for 4 stages"):
+        ConvAutoencoder((1, 8, 8), channels=(4, 4, 4, 4))
+
+
+@pytest.mark.parametrize("bad", [dict(kernel_size=4), dict(pool="median"), dict(channels=()), dict(latent_dim=0)])
+def test_bad_architecture_is_named(bad):
+    with pytest.raises(ArchitectureError):
+        ConvAutoencoder((1, 28, 28), **bad)
+
+
+def test_feature_info_geometry_of_default_convae():
+    model = ConvAutoencoder((1, 28, 28))
+    info = {i.name: i for i in model.feature_info}
+    assert [i.name for i in model.feature_info] == ["stage1", "stage2", "stage3", "bottleneck"]
+    assert info["stage1"].spatial == (14, 14) and info["stage1"].stride == 2
+    # 3x3 conv (rf 3) then 2x2 pool (rf 4); then 3x3 conv at jump 2 (rf 8), pool (10); ...
+    assert info["stage1"].receptive_field == (4, 4)
+    assert info["stage2"].receptive_field == (10, 10)
+    assert info["stage3"].receptive_field == (22, 22)
+    assert info["stage3"].spatial == (4, 4)
+    assert info["bottleneck"].spatial is None and info["bottleneck"].n_features == 64
+
+
+def test_receptive_field_matches_gradient_support():
+    """The computed receptive field is the set of input pixels that reach one output position."""
+    model = ConvAutoencoder((1, 40, 40), channels=(2, 2, 2), pool="avg").double()
+    for info in model.feature_info[:-1]:
+        x = torch.rand(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
+        out = model.forward_intermediates(x, [info.name])[info.name]
+        i = out.shape[-1] // 2
+        out[0, :, i, i].sum().backward()
+        rows = (x.grad[0, 0].abs().sum(1) > 0).nonzero().flatten()
+        assert rows.max() - rows.min() + 1 == info.receptive_field[0]
+        assert abs((rows.max() + rows.min()) / 2 - (info.offset + i * info.stride)) < 1e-9
+
+
+def test_forward_intermediates_stops_at_deepest_requested_layer():
+    model = ConvAutoencoder((1, 28, 28))
+    calls = []
+    for name, stage in zip(model.layer_names, model.stages):
+        stage.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    model.to_latent.register_forward_hook(lambda m, i, o: calls.append("bottleneck"))
+    out = model.forward_intermediates(torch.rand(2, 1, 28, 28), ["stage2", 0])
+    assert list(out) == ["stage1", "stage2"]
+    assert calls == ["stage1", "stage2"]
+    calls.clear()
+    model.forward_intermediates(torch.rand(2, 1, 28, 28), ["stage1"], stop_early=False)
+    assert calls[-1] == "bottleneck"
+
+
+def test_forward_intermediates_matches_encode():
+    for model in (ConvAutoencoder((1, 16, 16), channels=(4, 8)), DenseAutoencoder((1, 16, 16), hidden=(20,))):
+        model.eval()
+        x = torch.rand(3, 1, 16, 16)
+        assert torch.allclose(model.forward_intermediates(x, -1)["bottleneck"], model.encode(x))
+
+
+@pytest.mark.parametrize("layers,message", [("stage9", "valid layers: stage1"), (7, "out of range"), (-9, "out of range")])
+def test_unknown_layer_lists_valid_ones(layers, message):
+    with pytest.raises(LayerError, match=message):
+        ConvAutoencoder((1, 28, 28)).forward_intermediates(torch.rand(1, 1, 28, 28), layers)
+
+
+def test_build_model_rejects_unknown_kind():
+    with pytest.raises(ArchitectureError, match="conv, dense"):
+        build_model("rnn", (1, 8, 8))
+
+
+def test_flops_count_of_single_conv_layer():
+    model = ConvAutoencoder((1, 8, 8), channels=(4,), latent_dim=2)
+    # stage1 conv: 2 * (1*3*3) * 4*8*8; dense 4*4*4 -> 2 and back; transposed 4->4 2x2 on 4x4; conv 4->1 on 8x8
+    expected = 2 * 9 * 4 * 64 + 2 * 64 * 2 + 2 * 2 * 64 + 2 * (4 * 4 * 4) * 16 + 2 * (4 * 9) * 64
+    assert model.flops_per_image() == expected
