@@ -44,6 +44,10 @@ CONFIG, WEIGHTS, STATE, METRICS_JSONL, METRICS_CSV = "config.json", "model.safet
 
 
 # --- atomic writes -------------------------------------------------------------------------------
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -65,6 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise RunError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from e
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -219,11 +219,11 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
     step_fn = torch.compile(model.reconstruct_logits) if cfg.compile else model.reconstruct_logits
     run_dir = Path(run_dir) if run_dir is not None else None
 
-    def checkpoint(epoch: int, step_in_epoch: int, noise_gen: torch.Generator | None) -> None:
+    def checkpoint(epoch: int, step_in_epoch: int, noise_gen: torch.Generator | None, partial: dict | None = None) -> None:
         if run_dir is None:
             return
         state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "optimizer": optimizer.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "history": history}
+                 "torch_rng": torch.get_rng_state(), "history": history, "partial": partial or {}}
         if noise_gen is not None:
             state["noise_rng"] = noise_gen.get_state()
         if device.type == "cuda":
@@ -233,8 +233,10 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
 
     t_start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
     epoch, step_in_epoch, noise_gen = start_epoch, start_step_in_epoch, None
+    seen, loss_sum, mse_sum, t0 = 0, 0.0, 0.0, time.perf_counter()
+    noise_state = None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if global_step >= total_steps:
@@ -245,12 +247,19 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
             if first and resume_state is not None and "noise_rng" in resume_state:
                 noise_gen.set_state(resume_state["noise_rng"])
             t0, seen, loss_sum, mse_sum = time.perf_counter(), 0, 0.0, 0.0
+            if first and resume_state is not None:  # the interrupted epoch's running sums
+                partial = resume_state.get("partial", {})
+                seen, loss_sum, mse_sum = int(partial.get("seen", 0)), float(partial.get("loss_sum", 0.0)), float(partial.get("mse_sum", 0.0))
+                t0 -= float(partial.get("seconds", 0.0))
             step_in_epoch = first
             for batch in data.batches(order[first * cfg.batch_size:], cfg.batch_size, num_workers=cfg.num_workers):
                 if global_step >= total_steps:
                     break
                 target = to_input(batch, device, channels_last)  # (B, C, H, W) float32 in [0, 1]
-                x = corrupt(target, cfg, noise_gen) if (cfg.noise > 0 or cfg.mask_ratio > 0) else target
+                corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
+                if corrupting:  # remember where this step's draws start, for a checkpoint taken mid-step
+                    noise_state = noise_gen.get_state()
+                x = corrupt(target, cfg, noise_gen) if corrupting else target
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, global_step, total_steps)
                 with autocast(precision, device):
@@ -266,6 +275,7 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 optimizer.step()
                 global_step += 1
                 step_in_epoch += 1
+                noise_state = None  # the step is whole: the generator's own state is the one to keep
                 b = target.shape[0]
                 seen += b
                 loss_sum += loss_value * b
@@ -286,14 +296,17 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
             logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
             if on_epoch_end is not None:
                 on_epoch_end(record)
-            step_in_epoch, noise_gen = 0, None
+            step_in_epoch, noise_gen, noise_state = 0, None, None
             checkpoint(epoch + 1, 0, None)
     except KeyboardInterrupt:
         bar.close()
         if run_dir is not None:
             # Position at the last finished step; the noise generator is exactly where that step left it.
             at_epoch_end = step_in_epoch >= steps_per_epoch
-            checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch, None if at_epoch_end else noise_gen)
+            if noise_gen is not None and noise_state is not None:
+                noise_gen.set_state(noise_state)  # the unfinished step redraws the same noise on resume
+            partial = None if at_epoch_end else {"seen": seen, "loss_sum": loss_sum, "mse_sum": mse_sum, "seconds": time.perf_counter() - t0}
+            checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch, None if at_epoch_end else noise_gen, partial)
             raise TrainingInterrupted(
                 f"training interrupted at epoch {epoch + 1}, step {step_in_epoch}; checkpoint saved in {run_dir}. "
                 f"Resume with: convae train --run-dir {run_dir} --resume"
@@ -355,6 +368,7 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
     if data.skipped:
         logger.warning("skipped %d bad image(s): %s", len(data.skipped), ", ".join(p for p, _ in data.skipped[:5]))
     in_shape = data.shape
+    torch.manual_seed(config.train.seed)  # initial weights come from the seed too
     model = build_model(config.model.kind, in_shape, **config.model.model_kwargs())  # ArchitectureError before any work
     train_idx, val_idx = split_indices(len(data), config.train.val_fraction, config.train.seed)
 

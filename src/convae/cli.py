@@ -1,0 +1,166 @@
+"""The ``convae`` command line: each verb parses its arguments and calls one library function.
+
+Only this module prints. Errors that convae raises on purpose are shown as one line
+(``convae: error: ...``) with exit status 2; Ctrl-C during training exits with 130 after the
+checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("convae")
+
+
+# --- shared argument groups ---------------------------------------------------------------------------
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = None) -> None:
+    p.add_argument("--data", required=required, default=default,
+                   help="dataset spec: fashion-mnist, mnist, digits, folder:PATH, npz:PATH, npy:PATH")
+    p.add_argument("--image-size", help="resize to HxW (e.g. 64x64); needed for folders of mixed sizes")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
+    p.add_argument("--on-bad-image", choices=("error", "skip"), help="stop at a bad image file (default) or skip and report it")
+
+
+def _config_from_args(args) -> "RunConfig":  # noqa: F821
+    from .config import RunConfig, apply_overrides, load_config
+
+    cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
+    sets = []
+    mapping = {"data": "data.spec", "model": "model.kind", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+               "seed": "train.seed", "precision": "train.precision", "device": "train.device", "threads": "train.threads",
+               "image_size": "data.image_size", "channels": "data.channels", "on_bad_image": "data.on_bad_image", "limit": "data.limit"}
+    for attr, key in mapping.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            sets.append(f"{key}={value}")
+    # Flags first so that explicit --set entries win over them.
+    return apply_overrides(cfg, sets + list(getattr(args, "set", None) or []))
+
+
+# --- verbs -----------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .training import train
+
+    cfg = _config_from_args(args)
+    if args.resume and not args.config and not args.set and not _has_flags(args):
+        cfg = None  # take everything from the run directory
+    result = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {result.config.model.kind} model for {len(result.history)} epoch(s) in {result.seconds:.1f} s "
+          f"({result.precision}); run directory: {args.run_dir}")
+    if "val_mse" in last:
+        print(f"validation: MSE {last['val_mse']:.5f}  PSNR {last['val_psnr']:.2f} dB  SSIM {last['val_ssim']:.4f}")
+    return 0
+
+
+def _has_flags(args) -> bool:
+    return any(getattr(args, a, None) is not None for a in ("data", "model", "batch_size", "lr", "seed", "precision", "image_size",
+                                                             "channels", "on_bad_image", "limit", "device", "threads"))
+
+
+def cmd_inspect(args) -> int:
+    from .summary import describe_run
+
+    report = describe_run(args.run)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from .summary import format_description
+
+        print(format_description(report))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import format_demo, run_demo
+
+    result = run_demo(data=args.data, out=args.out, epochs=args.epochs, limit=args.limit, progress=not args.quiet)
+    print(format_demo(result))
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from .data import parse_image_size, scan
+
+    report = scan(args.spec, image_size=parse_image_size(args.image_size))
+    print(report.format())
+    return 1 if report.bad else 0
+
+
+# --- parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convae", description="Hierarchical image features without labels: convolutional autoencoders, "
+                                     "their dense baseline, and probes with classical models.")
+    parser.add_argument("--version", action="version", version=f"convae {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("train", help="train a ConvAE or FCAE into a run directory")
+    _add_data_args(p)
+    p.add_argument("--model", choices=("conv", "dense"), help="conv (ConvAE, default) or dense (FCAE)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (fixed thread count makes resume bitwise exact)")
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--run-dir", required=True, help="where the run's files go")
+    p.add_argument("--config", help="a TOML or JSON config file (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set model.channels=32,64")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("inspect", help="architecture, shapes, receptive fields, parameters and metrics of a run")
+    p.add_argument("run")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="train a ConvAE and an FCAE side by side and compare them")
+    p.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist; digits runs in seconds offline)")
+    p.add_argument("--out", default="runs/demo", help="directory for the two runs (default runs/demo)")
+    p.add_argument("--epochs", type=int, help="epochs per model (default: 3 for Fashion-MNIST/MNIST, 30 for digits)")
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("scan", help="check every image of a dataset; list bad files; exit 1 if any")
+    p.add_argument("spec")
+    p.add_argument("--image-size")
+    p.set_defaults(func=cmd_scan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import ConvaeError, TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("convae").setLevel(min(level, logging.INFO) if args.verbose else logging.WARNING)
+    try:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            return args.func(args)
+    except TrainingInterrupted as e:
+        print(f"convae: {e}", file=sys.stderr)
+        return 130
+    except ConvaeError as e:
+        print(f"convae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

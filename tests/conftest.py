@@ -1,0 +1,25 @@
+"""Shared fixtures: small synthetic and bundled data only; nothing downloads."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("CONVAE_NO_DOWNLOAD", "1")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def blobs_npz(tmp_path_factory):
+    """200 labelled 1x12x12 images: a bright square in one of four quadrants."""
+    rng = np.random.default_rng(0)
+    n = 200
+    x = (rng.random((n, 12, 12)) * 40).astype(np.uint8)
+    y = np.arange(n) % 4
+    for i, label in enumerate(y):
+        r, c = divmod(label, 2)
+        x[i, r * 6 + 1 : r * 6 + 5, c * 6 + 1 : c * 6 + 5] = 220
+    path = tmp_path_factory.mktemp("data") / "blobs.npz"
+    np.savez(path, x=x, y=y)
+    return path

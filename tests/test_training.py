@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import convae
+from convae import NonFiniteLossError, RunError, TrainingInterrupted
+from convae.config import RunConfig, apply_overrides
+from convae.runs import STATE, WEIGHTS, load_trainer_state
+from convae.training import train
+
+
+def small_config(spec, *extra):
+    return apply_overrides(RunConfig(), [f"data.spec={spec}", "model.channels=8,16", "model.latent_dim=8", "train.epochs=3",
+                                         "train.batch_size=32", "train.threads=2", "train.precision=fp32", *extra])
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_lowers_validation_loss(tmp_path, blobs_npz):
+    result = train(small_config(f"npz:{blobs_npz}", "train.epochs=6", "train.lr=3e-3"), tmp_path / "run", progress=False)
+    val = [r["val_mse"] for r in result.history]
+    assert val[-1] < 0.7 * val[0]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_loss", "val_mse", "val_psnr", "val_ssim", "seconds", "images_per_s"} <= set(header)
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_load_run_rebuilds_the_trained_model(tmp_path, blobs_npz, kind):
+    result = train(small_config(f"npz:{blobs_npz}", f"model.kind={kind}", "model.hidden=32", "train.epochs=1"), tmp_path / "r", progress=False)
+    model, config = convae.load_run(tmp_path / "r")
+    assert config.model.kind == kind
+    x = torch.rand(4, 1, 12, 12)
+    result.model.eval()
+    assert torch.equal(model(x), result.model.to(memory_format=torch.contiguous_format)(x))
+
+
+@pytest.mark.parametrize("extra", [[], ["train.noise=0.2", "train.mask_ratio=0.3", "train.schedule=cosine"]])
+def test_resume_after_interrupt_equals_uninterrupted_bitwise(tmp_path, blobs_npz, monkeypatch, extra):
+    cfg = small_config(f"npz:{blobs_npz}", *extra)
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    import convae.training as training
+
+    original = training.reconstruction_loss
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # mid-way through epoch 2 (6 steps per epoch)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "reconstruction_loss", interrupting)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        train(cfg, tmp_path / "cut", progress=False)
+    state = load_trainer_state(tmp_path / "cut" / STATE)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 1)
+    monkeypatch.setattr(training, "reconstruction_loss", original)
+    resumed = train(None, tmp_path / "cut", resume=True, progress=False)
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in full.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_resume_can_extend_epochs(tmp_path, blobs_npz):
+    full = train(small_config(f"npz:{blobs_npz}", "train.epochs=3"), tmp_path / "full", progress=False)
+    train(small_config(f"npz:{blobs_npz}", "train.epochs=1"), tmp_path / "short", progress=False)
+    resumed = train(small_config(f"npz:{blobs_npz}", "train.epochs=3"), tmp_path / "short", resume=True, progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(weights(full.model).values(), weights(resumed.model).values()))
+
+
+def test_resume_refuses_changed_settings(tmp_path, blobs_npz):
+    train(small_config(f"npz:{blobs_npz}", "train.epochs=1"), tmp_path / "r", progress=False)
+    with pytest.raises(convae.ConfigError, match="train.lr"):
+        train(small_config(f"npz:{blobs_npz}", "train.lr=0.5"), tmp_path / "r", resume=True, progress=False)
+
+
+def test_fresh_run_never_overwrites_an_existing_run(tmp_path, blobs_npz):
+    train(small_config(f"npz:{blobs_npz}", "train.epochs=1"), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / WEIGHTS).read_bytes()
+    with pytest.raises(RunError, match="already holds a trained model"):
+        train(small_config(f"npz:{blobs_npz}", "train.epochs=1"), tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / WEIGHTS).read_bytes() == before
+
+
+def test_exception_mid_save_keeps_previous_checkpoint(tmp_path, blobs_npz, monkeypatch):
+    cfg = small_config(f"npz:{blobs_npz}", "train.epochs=1")
+    train(cfg, tmp_path / "r", progress=False)
+    good_weights = (tmp_path / "r" / WEIGHTS).read_bytes()
+    good_state = (tmp_path / "r" / STATE).read_bytes()
+
+    import convae.runs as runs
+
+    def exploding_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", exploding_fsync)
+    with pytest.raises(RunError, match="No space left on device"):
+        train(small_config(f"npz:{blobs_npz}", "train.epochs=2"), tmp_path / "r", resume=True, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "r" / WEIGHTS).read_bytes() == good_weights
+    assert (tmp_path / "r" / STATE).read_bytes() == good_state
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+    convae.load_run(tmp_path / "r")
+
+
+def test_non_finite_loss_names_epoch_and_step_and_writes_nothing(tmp_path, blobs_npz, monkeypatch):
+    cfg = small_config(f"npz:{blobs_npz}", "train.epochs=1")
+    train(cfg, tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / WEIGHTS).read_bytes()
+    import convae.training as training
+
+    original = training.reconstruction_loss
+    monkeypatch.setattr(training, "reconstruction_loss", lambda *a: original(*a) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1"):
+        train(small_config(f"npz:{blobs_npz}", "train.epochs=2"), tmp_path / "r", resume=True, progress=False)
+    assert (tmp_path / "r" / WEIGHTS).read_bytes() == before
+
+
+def test_nan_pixel_stops_training_with_non_finite_error(tmp_path):
+    x = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
+    x[3, 2, 2] = np.nan
+    images = torch.from_numpy(x[:, None])
+    from convae.models import ConvAutoencoder
+    from convae.training import train_model
+
+    cfg = small_config("digits").train
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
+        train_model(ConvAutoencoder((1, 8, 8), channels=(4,)), images, cfg, progress=False)
