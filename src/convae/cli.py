@@ -27,10 +27,10 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False, defaul
     p.add_argument("--on-bad-image", choices=("error", "skip"), help="stop at a bad image file (default) or skip and report it")
 
 
-def _config_from_args(args) -> "RunConfig":  # noqa: F821
+def _config_from_args(args, base=None) -> "RunConfig":  # noqa: F821
     from .config import RunConfig, apply_overrides, load_config
 
-    cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
+    cfg = load_config(args.config) if getattr(args, "config", None) else (base or RunConfig())
     sets = []
     mapping = {"data": "data.spec", "model": "model.kind", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "seed": "train.seed", "precision": "train.precision", "device": "train.device", "threads": "train.threads",
@@ -47,9 +47,12 @@ def _config_from_args(args) -> "RunConfig":  # noqa: F821
 def cmd_train(args) -> int:
     from .training import train
 
-    cfg = _config_from_args(args)
-    if args.resume and not args.config and not args.set and not _has_flags(args):
-        cfg = None  # take everything from the run directory
+    base = None
+    if args.resume:  # flags given with --resume apply on top of the run's own config
+        from .runs import read_config
+
+        base = read_config(args.run_dir)[0]
+    cfg = _config_from_args(args, base)
     result = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     print(f"trained {result.config.model.kind} model for {len(result.history)} epoch(s) in {result.seconds:.1f} s "
@@ -57,11 +60,6 @@ def cmd_train(args) -> int:
     if "val_mse" in last:
         print(f"validation: MSE {last['val_mse']:.5f}  PSNR {last['val_psnr']:.2f} dB  SSIM {last['val_ssim']:.4f}")
     return 0
-
-
-def _has_flags(args) -> bool:
-    return any(getattr(args, a, None) is not None for a in ("data", "model", "batch_size", "lr", "seed", "precision", "image_size",
-                                                             "channels", "on_bad_image", "limit", "device", "threads"))
 
 
 def cmd_inspect(args) -> int:

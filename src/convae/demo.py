@@ -20,9 +20,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30}
 
 
-def demo_configs(data: str, epochs: int, limit: int | None = None) -> dict[str, RunConfig]:
+def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None) -> dict[str, RunConfig]:
     common = [f"data.spec={data}", f"train.epochs={epochs}"] + ([f"data.limit={limit}"] if limit else [])
-    return {"conv": apply_overrides(RunConfig(), ["model.kind=conv"] + common),
+    conv = ["model.kind=conv"]
+    if in_shape is not None and min(in_shape[1:]) < 16:
+        # Tiny images (8x8 digits): two stages keep a 2x2 map before the bottleneck; three would end at 1x1.
+        conv += ["model.channels=32,64", "train.lr=3e-3"]
+    return {"conv": apply_overrides(RunConfig(), conv + common),
             "dense": apply_overrides(RunConfig(), ["model.kind=dense"] + common)}
 
 
@@ -31,8 +35,8 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
     """Train both models into ``out/<data>-<time>/{conv,dense}`` and measure them side by side."""
     epochs = epochs or DEFAULT_EPOCHS.get(data, 5)
     root = Path(out) / f"{data.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    configs = demo_configs(data, epochs, limit)
-    train_data = load_training_data(configs["conv"])
+    train_data = load_training_data(demo_configs(data, epochs, limit)["conv"])
+    configs = demo_configs(data, epochs, limit, in_shape=train_data.shape)
     if has_test_split(data):
         eval_data, eval_idx, eval_name = load_dataset(data, "test", image_size=train_data.shape[1:], channels=train_data.shape[0]), None, "test"
     else:

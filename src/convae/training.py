@@ -364,9 +364,7 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
     if run_path is not None and not resume and (run_path / runs.WEIGHTS).exists():
         raise RunError(f"{run_path} already holds a trained model; pass --resume to continue it or choose a new --run-dir")
 
-    data = dataset if dataset is not None else load_training_data(config)
-    if data.skipped:
-        logger.warning("skipped %d bad image(s): %s", len(data.skipped), ", ".join(p for p, _ in data.skipped[:5]))
+    data = dataset if dataset is not None else load_training_data(config)  # data.py reports skipped files
     in_shape = data.shape
     torch.manual_seed(config.train.seed)  # initial weights come from the seed too
     model = build_model(config.model.kind, in_shape, **config.model.model_kwargs())  # ArchitectureError before any work
