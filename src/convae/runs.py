@@ -10,9 +10,14 @@
 
 Every file is written atomically: a temporary file in the same directory, flushed and fsynced,
 then renamed over the old one, and the directory fsynced. A kill at any moment leaves either the
-old file or the new one, never half of one. A checkpoint is ``model.safetensors`` then
-``trainer_state.pt``; the state names the weights' SHA-256 so a pair torn by a kill between the
-two renames is detected on resume.
+old file or the new one, never half of one.
+
+A checkpoint is three steps (see :func:`save_checkpoint`): the new weights go to
+``model.next.safetensors``; ``trainer_state.pt``, naming their SHA-256, replaces the old state;
+then ``model.next.safetensors`` is renamed over ``model.safetensors``. A kill before the state is
+replaced leaves the old pair whole; a kill after it leaves a state whose weights wait in
+``model.next.safetensors``, and :func:`load_trainer_state` (resume) finishes the rename. So every
+kill moment leaves a run that resumes, and ``model.safetensors`` is always a whole set of weights.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, STATE, METRICS_JSONL, METRICS_CSV = "config.json", "model.safetensors", "trainer_state.pt", "metrics.jsonl", "metrics.csv"
+PENDING_WEIGHTS = "model.next.safetensors"  # weights of a checkpoint whose last rename is still to come
 
 
 # --- atomic writes -------------------------------------------------------------------------------
@@ -199,17 +205,79 @@ def load_trainer_state(path: str | Path) -> dict:
                        "only plain tensors and containers are accepted") from None
     if not isinstance(state, dict) or "epoch" not in state:
         raise RunError(f"{path}: not a convae trainer state (no epoch)")
+    recover_checkpoint(path.parent, state)
     return state
 
 
+def _rename(source: Path, target: Path, why: str) -> None:
+    try:
+        os.replace(source, target)
+    except OSError as e:
+        raise RunError(f"cannot rename {source} to {target.name}: {e.strerror or e}; {why}") from e
+    _fsync_dir(target.parent)
+
+
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, state: dict) -> str:
-    """Weights first, then the state that names their hash; returns the weights' SHA-256."""
+    """Write weights and trainer state so that a kill at any moment leaves a resumable run.
+
+    1. the weights go to ``model.next.safetensors``;
+    2. ``trainer_state.pt``, naming the weights' SHA-256, replaces the old state;
+    3. ``model.next.safetensors`` is renamed over ``model.safetensors``.
+    Each step is atomic; :func:`recover_checkpoint` finishes step 3 after a kill. Returns the SHA-256.
+    """
     run_dir = Path(run_dir)
     data = weights_bytes(model)
     digest = sha256(data)
-    atomic_write_bytes(run_dir / WEIGHTS, data)
+    atomic_write_bytes(run_dir / PENDING_WEIGHTS, data)
     atomic_write_bytes(run_dir / STATE, state_bytes({**state, "weights_sha256": digest}))
+    _rename(run_dir / PENDING_WEIGHTS, run_dir / WEIGHTS,
+            f"{STATE} names the weights in {PENDING_WEIGHTS}; resuming the run moves them into place")
     return digest
+
+
+def _temporary_files(run_dir: Path) -> list[Path]:
+    """Temporary files of atomic writes that a kill cut short."""
+    names = (CONFIG, WEIGHTS, PENDING_WEIGHTS, STATE, METRICS_JSONL, METRICS_CSV)
+    return sorted(p for name in names for p in run_dir.glob(f".{name}.*.tmp"))
+
+
+def recover_checkpoint(run_dir: str | Path, state: dict) -> None:
+    """Finish a checkpoint that a kill interrupted, given the trainer state on disk.
+
+    ``model.next.safetensors`` whose hash the state names is renamed into place (the kill came
+    between steps 2 and 3 of :func:`save_checkpoint`); one the state does not name is deleted (the
+    kill came before step 2, so the old pair stands). Leftover temporary files are removed, and
+    the metrics files are rewritten from the state's history when a kill left them behind it.
+    """
+    run_dir = Path(run_dir)
+    pending = run_dir / PENDING_WEIGHTS
+    if pending.is_file():
+        try:
+            pending_digest = sha256(pending.read_bytes())
+        except OSError as e:
+            raise RunError(f"{pending}: cannot read ({e.strerror})") from None
+        if pending_digest == state.get("weights_sha256"):
+            logger.info("%s: finishing the checkpoint a kill interrupted (%s -> %s)", run_dir, PENDING_WEIGHTS, WEIGHTS)
+            _rename(pending, run_dir / WEIGHTS, "the checkpoint stays unfinished")
+        else:
+            _unlink_quietly(pending)
+    for leftover in _temporary_files(run_dir):
+        _unlink_quietly(leftover)
+    history = state.get("history")
+    if isinstance(history, list):
+        try:
+            current = read_metrics(run_dir)
+        except (RunError, OSError, UnicodeDecodeError):
+            current = None
+        if current != history:
+            write_metrics(run_dir, history)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:  # harmless to leave: the next checkpoint writes over it
+        logger.warning("cannot remove %s: %s", path, e.strerror)
 
 
 # --- metrics ----------------------------------------------------------------------------------------
