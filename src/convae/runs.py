@@ -125,8 +125,8 @@ def read_config(run_dir: str | Path) -> tuple[RunConfig, tuple[int, int, int], d
         raise RunError(f"{path}: missing; a run directory needs {CONFIG} and {WEIGHTS}")
     try:
         record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
+        raise RunError(f"{path}: not readable JSON ({'nested too deeply' if isinstance(e, RecursionError) else e})") from None
     if not isinstance(record, dict):
         raise RunError(f"{path}: expected a JSON object, got {type(record).__name__}")
     version = record.get("format_version")
