@@ -98,13 +98,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 # --- config ---------------------------------------------------------------------------------------
 def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import safetensors
-    import sklearn
 
     from . import __version__
 
-    return {"convae": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "sklearn": sklearn.__version__,
+    try:  # the installed version, without importing sklearn (seconds) just to read it
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn_version = "not installed"
+    return {"convae": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "sklearn": sklearn_version,
             "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
