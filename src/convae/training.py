@@ -302,7 +302,9 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
         bar.close()
         if run_dir is not None:
             # Position at the last finished step; the noise generator is exactly where that step left it.
-            at_epoch_end = step_in_epoch >= steps_per_epoch
+            # The epoch is over once its record is in the history (Ctrl-C may land in its checkpoint);
+            # during its validation the position is its last step, and resume redoes only the record.
+            at_epoch_end = bool(history) and history[-1]["epoch"] == epoch + 1
             if noise_gen is not None and noise_state is not None:
                 noise_gen.set_state(noise_state)  # the unfinished step redraws the same noise on resume
             partial = None if at_epoch_end else {"seen": seen, "loss_sum": loss_sum, "mse_sum": mse_sum, "seconds": time.perf_counter() - t0}
