@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -198,20 +199,22 @@ def parse_value(text: str, hint: Any) -> Any:
         return None
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    try:
-        value = json.loads(t)
-    except json.JSONDecodeError:
-        value = t
+    value = _json_or_text(t)
     wants_list = typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))
     if wants_list and isinstance(value, (int, float)):
         value = [value]
     elif wants_list and isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-        try:
-            value = [json.loads(p) for p in parts]
-        except json.JSONDecodeError:
-            value = parts
+        # "32,64", or "37x53" for sizes: an x only between digits separates (a stray x is an error)
+        parts = re.sub(r"(?<=\d)\s*[x×]\s*(?=\d)", ",", value).split(",")
+        value = [_json_or_text(p.strip()) for p in parts if p.strip()]
     return value
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, an int of over 4300 digits, or nested too deep
+        return text
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | None, *, source: str = "--set") -> RunConfig:
@@ -261,13 +264,16 @@ def load_config(path: str | Path) -> RunConfig:
     """Read a ``.toml`` or ``.json`` config file; errors name the file and the key."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); config files are TOML or JSON") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+    except (ValueError, RecursionError) as e:  # decode errors; also an int of over 4300 digits, or nesting too deep
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {reason}") from None
     return RunConfig.from_dict(data, source=str(path))
 
 
