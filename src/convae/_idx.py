@@ -125,7 +125,10 @@ def parse_idx(data: bytes | bytearray | memoryview, name: str = "IDX data") -> n
         kind = "truncated" if len(data) < expected else "has trailing bytes"
         raise DataError(f"{name}: IDX file {kind}: shape {dims} of {dtype.name} needs "
                         f"{expected} bytes, the file has {len(data)}")
-    array = np.frombuffer(data, dtype=dtype, offset=header_bytes).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_bytes).reshape(dims)
+    except ValueError as error:  # over numpy's 64 dimensions, or an empty shape too large to index
+        raise DataError(f"{name}: IDX shape {dims} cannot be an array: {error}") from None
     return array.astype(dtype.newbyteorder("="), copy=True)  # writable, native byte order
 
 
