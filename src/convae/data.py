@@ -434,6 +434,10 @@ def _load_arrays(path: Path, split: str, spec: str) -> tuple[torch.Tensor, np.nd
         raise DataError(f"{path}: {reason}") from error
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: not a readable .npy/.npz file: {error}") from error
+    except MemoryError as error:  # a header declaring an array far larger than the file (or the machine)
+        raise DataError(f"{path}: declares an array too large to load ({error}); the file is damaged or too big") from error
+    except Exception as error:  # a damaged header or zip member can raise nearly anything inside numpy/zipfile
+        raise DataError(f"{path}: not a readable .npy/.npz file: {type(error).__name__}: {error}") from error
 
 
 def _npz_images(path: Path, loaded, split: str, spec: str) -> tuple[torch.Tensor, np.ndarray | None]:
