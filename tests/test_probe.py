@@ -1,0 +1,152 @@
+"""The probing harness: records, baselines, protocols, transfer and its files (convae.probe)."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from convae.config import RunConfig, apply_overrides
+from convae.errors import ConfigError, DataError
+from convae.probe import CLASSIFIERS, format_table, probe
+from convae.training import train
+
+RECORD_KEYS = {"feature_set", "family", "layers", "pool", "dim", "classifier", "labels_per_class", "n_train", "n_test", "protocol",
+               "stage", "seeds", "accuracy", "accuracy_std", "accuracies", "fit_seconds", "converged"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems run as fast on one thread, and one thread does not stall on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
+        yield
+    torch.set_num_threads(before)
+
+
+def _train(path, *overrides):
+    cfg = apply_overrides(RunConfig(), ["data.spec=digits", "train.epochs=1", "train.batch_size=64", "train.precision=fp32",
+                                        "model.latent_dim=6", *overrides])
+    train(cfg, path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A ConvAE (stage1, stage2, bottleneck) and an FCAE (hidden1, bottleneck) trained briefly on digits."""
+    root = tmp_path_factory.mktemp("runs")
+    return _train(root / "conv", "model.channels=4,8"), _train(root / "dense", "model.kind=dense", "model.hidden=16")
+
+
+@pytest.fixture(scope="module")
+def rgb_npz(tmp_path_factory):
+    """Keras-layout .npz of 3x16x16 RGB images (another size and channel count than digits), 3 classes by colour."""
+    rng = np.random.default_rng(0)
+
+    def part(n):
+        y = np.arange(n) % 3
+        x = (rng.random((n, 16, 16, 3)) * 60).astype(np.uint8)
+        for i, label in enumerate(y):
+            x[i, 4:12, 4:12, label] = 250
+        return x, y
+
+    (x_train, y_train), (x_test, y_test) = part(60), part(30)
+    path = tmp_path_factory.mktemp("data") / "rgb.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+def test_probe_records_every_feature_set_with_its_baselines_and_writes_its_files(runs, tmp_path):
+    conv, dense = runs
+    result = probe(conv, "digits", fcae=dense, pool=["avg", "avg2"], classifiers=["logreg", "linear_svc"], labels_per_class=[5],
+                   seeds=[0, 1], train_limit=300, cv_folds=2, out_dir=tmp_path)
+    records = result.records
+    assert all(set(r) == RECORD_KEYS for r in records)
+    scan = {r["feature_set"]: r for r in records if r["stage"] == "layers"}
+    assert {"convae:stage1/avg", "convae:stage1/avg2", "convae:stage2/avg", "convae:stage2/avg2", "convae:bottleneck",
+            "untrained:stage2/avg2", "untrained:bottleneck", "fcae:hidden1", "fcae:bottleneck", "raw"} <= set(scan)
+    assert {r["dim"] for r in scan.values() if r["family"] == "pca"} == {4, 6, 8, 16, 32}  # one per encoder dimension
+    assert scan["raw"]["dim"] == 64 and scan["convae:stage2/avg2"]["dim"] == 32 and scan["fcae:hidden1"]["dim"] == 16
+    assert all(r["protocol"] == "2-fold CV" and r["n_train"] == 150 and r["n_test"] == 150 for r in scan.values())
+    assert all(0 <= r["accuracy"] <= 1 and r["fit_seconds"] >= 0 for r in records)
+
+    best = result.meta["best"]
+    assert [name.split(":")[0] for name in best[:3]] == ["convae", "untrained", "fcae"] and best[3] == "raw"
+    assert best[4].startswith("pca")
+    for name in best:  # every classifier at each family's best layer, and label efficiency over two seeds
+        assert {r["classifier"] for r in records if r["feature_set"] == name and r["labels_per_class"] is None} == {"logreg", "linear_svc"}
+        (few,) = [r for r in records if r["feature_set"] == name and r["labels_per_class"] == 5]
+        assert few["n_train"] == 50 and len(few["accuracies"]) == 2 and few["accuracy_std"] is not None
+
+    on_disk = json.loads((tmp_path / "probe.json").read_text())
+    assert on_disk == json.loads(json.dumps(result.to_dict()))
+    assert len(list(csv.DictReader(io.StringIO((tmp_path / "probe.csv").read_text())))) == len(records)
+    table = (tmp_path / "probe.md").read_text()
+    assert table.strip() == format_table(result) == format_table(on_disk)
+    assert "| stage2 | avg2 | 32 |" in table and "untrained" in table and "PCA, same dim" in table and "5/class" in table
+
+
+def test_every_classifier_runs_on_the_best_layer(runs, tmp_path):
+    conv, _ = runs
+    result = probe(conv, "digits", layers=["bottleneck"], baselines=["raw"], labels_per_class=[], seeds=[0], train_limit=200,
+                   cv_folds=2, write=False)
+    for name in ("convae:bottleneck", "raw"):
+        assert {r["classifier"] for r in result.records if r["feature_set"] == name} == set(CLASSIFIERS)
+    assert "RandomForest" in format_table(result)
+
+
+def test_transfer_to_a_dataset_of_another_size_and_channel_count_with_its_test_split(runs, rgb_npz, tmp_path):
+    conv, _ = runs  # trained on 1x8x8 digits; probed on 3x16x16 RGB images
+    result = probe(conv, f"npz:{rgb_npz}", layers=["stage1", "bottleneck"], pool="avg2", classifiers=["logreg"],
+                   labels_per_class=[4], seeds=[0], out_dir=tmp_path)
+    meta = result.meta
+    assert meta["protocol"] == "test split" and meta["n_train"] == 60 and meta["n_test"] == 30 and meta["in_shape"] == [1, 8, 8]
+    raw = next(r for r in result.records if r["feature_set"] == "raw")
+    assert raw["dim"] == 64 and raw["n_test"] == 30  # pixels converted to the run's 1x8x8
+    assert (tmp_path / "probe.md").exists()
+
+
+def test_quick_mode_probes_a_middle_layer_and_the_bottleneck_with_logistic_regression(runs):
+    conv, _ = runs
+    result = probe(conv, "digits", quick=True, cv_folds=2, write=False)
+    meta = result.meta
+    assert meta["layers"] == ["stage2", "bottleneck"] and meta["classifiers"] == ["logreg"] and meta["seeds"] == [0]
+    assert meta["train_limit"] == 10_000 and meta["n_train"] == 1797
+    assert meta["labels_per_class"] == []  # quick asks for 100 per class: all of digits' ~90 per class in a 2-fold split
+    assert {r["classifier"] for r in result.records} == {"logreg"}
+
+
+def test_joined_layers_form_one_feature_set(runs):
+    conv, _ = runs
+    result = probe(conv, "digits", layers=["stage1+stage2", "bottleneck"], pool="avg", classifiers=["logreg"], baselines=[],
+                   labels_per_class=[], seeds=[0], train_limit=200, cv_folds=2, write=False)
+    assert {r["feature_set"]: r["dim"] for r in result.records} == {"convae:stage1+stage2/avg": 12, "convae:bottleneck": 6}
+
+
+def test_a_grid_too_fine_for_a_layer_is_skipped_and_reported(runs):
+    conv, _ = runs  # digits: stage2 is 2x2
+    result = probe(conv, "digits", layers=["stage1", "stage2"], pool="avg4", classifiers=["logreg"], baselines=[],
+                   labels_per_class=[], seeds=[0], train_limit=200, cv_folds=2, write=False)
+    assert [r["feature_set"] for r in result.records] == ["convae:stage1/avg4"]
+    assert "stage2 is 2x2" in result.meta["skipped"][0] and "Skipped" in format_table(result)
+
+
+def test_bad_settings_are_refused_before_any_work(runs):
+    conv, _ = runs
+    with pytest.raises(ConfigError, match="unknown classifier"):
+        probe(conv, "digits", classifiers=["knn"], write=False)
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        probe(conv, "digits", baselines=["hog"], write=False)
+    with pytest.raises(ConfigError, match="not valid"):
+        probe(conv, "digits", pool="mean", write=False)
+
+
+def test_unlabelled_data_cannot_be_probed(runs, tmp_path):
+    conv, _ = runs
+    np.save(tmp_path / "x.npy", np.zeros((20, 8, 8), np.uint8))
+    with pytest.raises(DataError, match="needs labels"):
+        probe(conv, f"npy:{tmp_path / 'x.npy'}", write=False)
