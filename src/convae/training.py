@@ -4,6 +4,10 @@ Determinism: the train/validation split comes from ``seed``; the order of epoch 
 input noise/masks come from generators seeded with ``(seed, e)``. A checkpoint holds the weights,
 the optimizer, the epoch and step within it, and every RNG state, so a resumed run repeats the
 uninterrupted one step for step (bitwise on CPU with a fixed thread count).
+
+Under torchrun the same loop runs on every rank with DistributedDataParallel; each rank takes its
+rows of every global batch and the gradients average to the single-process ones (see
+:mod:`convae.distributed`). Rank 0 alone writes the run directory and shows progress.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import runs
+from . import distributed, runs
 from .config import RunConfig, TrainConfig
 from .data import ImageDataset, load_dataset
 from .errors import ConfigError, NonFiniteLossError, RunError, TrainingInterrupted
@@ -106,14 +110,19 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def corrupt(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Denoising / masking corruption of an input batch (the target stays clean)."""
+def corrupt(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Denoising / masking corruption of an input batch (the target stays clean).
+
+    ``rows=(start, total)``: ``x`` is rows ``start:start + len(x)`` of a batch of ``total`` images
+    (a DDP rank's share); the draws are made for the whole batch and this share's rows kept.
+    """
+    b, _, h, w = x.shape
+    total, keep_rows = (b, slice(None)) if rows is None else (rows[1], slice(rows[0], rows[0] + b))
     if cfg.noise > 0:
-        noise = torch.randn(x.shape, generator=gen).to(x.device, memory_format=torch.preserve_format)
+        noise = torch.randn((total, *x.shape[1:]), generator=gen)[keep_rows].to(x.device, memory_format=torch.preserve_format)
         x = (x + cfg.noise * noise).clamp_(0, 1)
     if cfg.mask_ratio > 0:
-        b, _, h, w = x.shape
-        keep = (torch.rand(b, 1, math.ceil(h / 4), math.ceil(w / 4), generator=gen) >= cfg.mask_ratio).to(x.device, x.dtype)
+        keep = (torch.rand(total, 1, math.ceil(h / 4), math.ceil(w / 4), generator=gen)[keep_rows] >= cfg.mask_ratio).to(x.device, x.dtype)
         keep = keep.repeat_interleave(4, 2).repeat_interleave(4, 3)[:, :, :h, :w]
         x = x * keep
     return x
@@ -184,14 +193,21 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices=None, val_indices=None,
                 run_dir: str | Path | None = None, run_config: RunConfig | None = None, resume_state: dict | None = None,
-                progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+                progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
+                on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data`` (an ImageDataset or uint8/float N×C×H×W tensor).
 
     With ``run_dir``, a checkpoint and the metrics are written atomically after every epoch and
     on Ctrl-C. ``resume_state`` (from ``trainer_state.pt``) continues exactly where it stopped.
+    ``on_step(global_step, loss)`` is called after every optimizer step with the batch's mean loss.
+    Inside a torch.distributed job of two or more processes (torchrun) the model trains with
+    DistributedDataParallel, every rank calling this with the same arguments.
     """
     data = as_dataset(data)
+    ctx = distributed.current()  # None in a single process
     device = resolve_device(cfg.device)
+    if ctx is not None and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -216,11 +232,20 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
         torch.set_rng_state(resume_state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in resume_state:
             torch.cuda.set_rng_state(resume_state["cuda_rng"])
-    step_fn = torch.compile(model.reconstruct_logits) if cfg.compile else model.reconstruct_logits
+    # fp16 (CUDA without bf16) needs loss scaling; bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if scaler is not None and resume_state is not None and "grad_scaler" in resume_state:
+        scaler.load_state_dict(resume_state["grad_scaler"])
+    if ctx is None:
+        step_fn = torch.compile(model.reconstruct_logits) if cfg.compile else model.reconstruct_logits
+    else:
+        ddp_model = distributed.wrap(model, device)
+        step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
+    is_main = ctx is None or ctx.is_main
     run_dir = Path(run_dir) if run_dir is not None else None
 
     def checkpoint(epoch: int, step_in_epoch: int, noise_gen: torch.Generator | None, partial: dict | None = None) -> None:
-        if run_dir is None:
+        if run_dir is None or not is_main:
             return
         state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "optimizer": optimizer.state_dict(),
                  "torch_rng": torch.get_rng_state(), "history": history, "partial": partial or {}}
@@ -228,12 +253,14 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
             state["noise_rng"] = noise_gen.get_state()
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
         runs.save_checkpoint(run_dir, model, state)
         runs.write_metrics(run_dir, history)
 
     t_start = time.perf_counter()
     model.train()
-    bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=None if progress else True, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=None if progress and is_main else True, unit="step", dynamic_ncols=True, leave=False)
     epoch, step_in_epoch, noise_gen = start_epoch, start_step_in_epoch, None
     seen, loss_sum, mse_sum, t0 = 0, 0.0, 0.0, time.perf_counter()
     noise_state = None
@@ -252,31 +279,51 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 seen, loss_sum, mse_sum = int(partial.get("seen", 0)), float(partial.get("loss_sum", 0.0)), float(partial.get("mse_sum", 0.0))
                 t0 -= float(partial.get("seconds", 0.0))
             step_in_epoch = first
-            for batch in data.batches(order[first * cfg.batch_size:], cfg.batch_size, num_workers=cfg.num_workers):
+            if ctx is None:
+                batches = data.batches(order[first * cfg.batch_size:], cfg.batch_size, num_workers=cfg.num_workers)
+            else:  # this rank's rows of each global batch
+                batches = distributed.rank_batches(data, order[first * cfg.batch_size:], cfg.batch_size, ctx, num_workers=cfg.num_workers)
+            for batch in batches:
                 if global_step >= total_steps:
                     break
+                share = None
+                if ctx is not None:
+                    share, batch = batch, batch.images
                 target = to_input(batch, device, channels_last)  # (B, C, H, W) float32 in [0, 1]
                 corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
                 if corrupting:  # remember where this step's draws start, for a checkpoint taken mid-step
                     noise_state = noise_gen.get_state()
-                x = corrupt(target, cfg, noise_gen) if corrupting else target
+                x = (corrupt(target, cfg, noise_gen) if share is None else corrupt(target, cfg, noise_gen, (share.start, share.total))) if corrupting else target
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, global_step, total_steps)
                 with autocast(precision, device):
                     logits = step_fn(x)
                 loss = reconstruction_loss(logits, target, cfg.loss)
-                loss_value = loss.item()
+                b = target.shape[0]
+                if share is None:
+                    loss_value = loss.item()
+                else:  # the global batch's mean loss; ``loss`` rescaled so DDP's average is its gradient
+                    loss, loss_value, b = distributed.global_loss(loss, share.count, ctx)
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(epoch + 1, step_in_epoch + 1, loss_value)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
                 global_step += 1
                 step_in_epoch += 1
                 noise_state = None  # the step is whole: the generator's own state is the one to keep
-                b = target.shape[0]
+                if on_step is not None:
+                    on_step(global_step, loss_value)
                 seen += b
                 loss_sum += loss_value * b
                 if cfg.loss == "mse":
@@ -290,17 +337,21 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 record["train_mse"] = mse_sum / max(seen, 1)
             record.update(seconds=round(seconds, 4), images_per_s=round(seen / max(seconds, 1e-9), 1), lr=optimizer.param_groups[0]["lr"])
             if val_indices is not None and len(val_indices):
-                val = evaluate(model, data, val_indices, precision=precision, device=device, channels_last=channels_last)
+                if ctx is None:
+                    val = evaluate(model, data, val_indices, precision=precision, device=device, channels_last=channels_last)
+                else:
+                    val = distributed.evaluate_sharded(model, data, val_indices, ctx, precision=precision, device=device, channels_last=channels_last)
                 record.update(val_mse=val["mse"], val_psnr=val["psnr"], val_ssim=val["ssim"])
             history.append(record)
-            logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
+            if is_main:
+                logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
             if on_epoch_end is not None:
                 on_epoch_end(record)
             step_in_epoch, noise_gen, noise_state = 0, None, None
             checkpoint(epoch + 1, 0, None)
     except KeyboardInterrupt:
         bar.close()
-        if run_dir is not None:
+        if run_dir is not None:  # written by rank 0 only; its state is every rank's (all finished the same steps)
             # Position at the last finished step; the noise generator is exactly where that step left it.
             # The epoch is over once its record is in the history (Ctrl-C may land in its checkpoint);
             # during its validation the position is its last step, and resume redoes only the record.
@@ -343,10 +394,10 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
 
     Fresh runs refuse a directory that already holds a checkpoint, so nothing is overwritten.
     With ``resume=True`` the run directory's own config is used; a ``config`` passed along may
-    differ from it only in ``train.epochs`` (to extend a run).
+    differ from it only in ``train.epochs`` (to extend a run). Under torchrun (``WORLD_SIZE`` > 1)
+    every rank calls this; they join one process group (gloo on CPU, NCCL on CUDA) for the run,
+    and only rank 0 writes ``run_dir``, which must be on a filesystem every rank sees.
     """
-    from .models import build_model
-
     run_path = Path(run_dir) if run_dir is not None else None
     resume_state = None
     if resume:
@@ -365,7 +416,15 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
         config = RunConfig()
     if run_path is not None and not resume and (run_path / runs.WEIGHTS).exists():
         raise RunError(f"{run_path} already holds a trained model; pass --resume to continue it or choose a new --run-dir")
+    with distributed.process_group(resolve_device(config.train.device)) as ctx:
+        return _train_run(config, run_path, resume_state, dataset, progress, ctx)
 
+
+def _train_run(config: RunConfig, run_path: Path | None, resume_state: dict | None, dataset: ImageDataset | None, progress: bool,
+               ctx: distributed.DistContext | None) -> TrainResult:
+    from .models import build_model
+
+    resume = resume_state is not None
     data = dataset if dataset is not None else load_training_data(config)  # data.py reports skipped files
     in_shape = data.shape
     torch.manual_seed(config.train.seed)  # initial weights come from the seed too
@@ -373,7 +432,8 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
     train_idx, val_idx = split_indices(len(data), config.train.val_fraction, config.train.seed)
 
     if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
+        if ctx is None or ctx.is_main:
+            run_path.mkdir(parents=True, exist_ok=True)
         if resume:
             digest = runs.load_weights(model, run_path / runs.WEIGHTS)
             if resume_state.get("weights_sha256") not in (None, digest):
@@ -381,7 +441,9 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
                                "the weights on disk are newer than the optimizer state")
             if tuple(runs.read_config(run_path)[1]) != tuple(in_shape):
                 raise RunError(f"{run_path}: the data now gives images of shape {tuple(in_shape)}, the run was trained on {runs.read_config(run_path)[1]}")
-        runs.save_config(run_path, config, in_shape)
+        distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
+        if ctx is None or ctx.is_main:
+            runs.save_config(run_path, config, in_shape)
     result = train_model(model, data, config.train, train_indices=train_idx, val_indices=val_idx, run_dir=run_path,
                          run_config=config, resume_state=resume_state, progress=progress)
     return result

@@ -1,0 +1,191 @@
+"""Two CPU processes (gloo) give what one process gives: per-step losses, weights, resume, extraction.
+
+One module-scoped job spawns two ranks once and runs every distributed scenario in them; the
+tests compare its outputs with single-process runs made here. Data: 71 blobs images, so 64
+train images in global batches of 7 (shards of 4 and 3) and a last batch of 1 (one rank runs a
+stand-in at weight 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from convae import load_run
+from convae.config import RunConfig, apply_overrides
+from convae.distributed import RankBatch, rank_batches, shard_range, DistContext
+from convae.runs import METRICS_JSONL, STATE, WEIGHTS
+
+WORLD = 2
+ALL_FILES = {"config.json", WEIGHTS, STATE, METRICS_JSONL, "metrics.csv"}
+
+
+def ddp_config(spec, *extra):
+    return apply_overrides(RunConfig(), [f"data.spec={spec}", "data.limit=71", "model.channels=4,8", "model.latent_dim=6",
+                                         "train.epochs=2", "train.batch_size=7", "train.threads=1", "train.precision=fp32",
+                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.lr=3e-3", *extra])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _state(model):
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(rank: int, port: int, spec: str, out: str) -> None:
+    """One rank: per-step losses of train_model, train() interrupted and resumed, sharded extraction."""
+    import torch.distributed as dist
+
+    import convae.training as training
+    from convae.distributed import extract_to_npy_sharded
+    from convae.models import build_model
+    from convae.training import load_training_data, split_indices, train, train_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        cfg = ddp_config(spec)
+        data = load_training_data(cfg)
+        torch.manual_seed(cfg.train.seed)
+        model = build_model("conv", data.shape, **cfg.model.model_kwargs())
+        train_idx, val_idx = split_indices(len(data), cfg.train.val_fraction, cfg.train.seed)
+        losses = []
+        result = train_model(model, data, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=False,
+                             on_step=lambda step, loss: losses.append(loss))
+        if rank == 0:
+            torch.save({"losses": torch.tensor(losses, dtype=torch.float64), "weights": _state(model),
+                        "history": json.dumps(result.history)}, f"{out}/steps.pt")
+
+        # train() through a run directory, interrupted mid-epoch 2 on every rank, then resumed.
+        original, calls = training.reconstruction_loss, {"n": 0}
+
+        def interrupting(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 13:  # step 3 of epoch 2 (10 steps per epoch)
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        training.reconstruction_loss = interrupting
+        try:
+            train(cfg, f"{out}/cut", progress=False)
+        except KeyboardInterrupt:  # TrainingInterrupted
+            pass
+        training.reconstruction_loss = original
+        dist.barrier()
+        resumed = train(None, f"{out}/cut", resume=True, progress=False)
+        if rank == 0:
+            torch.save({"weights": _state(resumed.model), "history": json.dumps(resumed.history)}, f"{out}/resumed.pt")
+
+        extract_to_npy_sharded(f"{out}/cut", spec, f"{out}/feats/sharded.npy", layers=["stage1", "bottleneck"], pool="max2",
+                               batch_size=50, precision="fp32", progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_job(tmp_path_factory, blobs_npz):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(_free_port(), f"npz:{blobs_npz}", str(out)), nprocs=WORLD, start_method="spawn")
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rank_batches_cut_each_global_batch_like_one_process():
+    from convae.data import ImageDataset
+
+    images = torch.arange(23, dtype=torch.uint8).view(23, 1, 1, 1)
+    data = ImageDataset(images=images, labels=None, spec="array", split="train")
+    order = np.random.default_rng(0).permutation(23)
+    shares = [list(rank_batches(data, order, 5, DistContext(r, 3))) for r in range(3)]
+    assert [len(s) for s in shares] == [5, 5, 5]  # every rank steps together, the last batch (3 images) included
+    for step in range(5):
+        parts: list[RankBatch] = [s[step] for s in shares]
+        got = torch.cat([p.images[: p.count] for p in parts]).flatten().tolist()
+        assert got == order[step * 5:(step + 1) * 5].tolist()
+        assert [p.start for p in parts] == [shard_range(parts[0].total, r, 3)[0] for r in range(3)]
+    assert [p.count for p in (s[4] for s in shares)] == [1, 1, 1]
+    tail = [list(rank_batches(data, order[:21], 5, DistContext(r, 3)))[-1] for r in range(3)]  # last batch of 1 image
+    assert [p.count for p in tail] == [1, 0, 0] and all(len(p.images) == 1 for p in tail)
+
+
+def test_two_process_step_losses_and_weights_match_one_process(ddp_job, blobs_npz, one_thread):
+    from convae.models import build_model
+    from convae.training import load_training_data, split_indices, train_model
+
+    cfg = ddp_config(f"npz:{blobs_npz}")
+    data = load_training_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model("conv", data.shape, **cfg.model.model_kwargs())
+    train_idx, val_idx = split_indices(len(data), cfg.train.val_fraction, cfg.train.seed)
+    losses = []
+    single = train_model(model, data, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=False,
+                         on_step=lambda step, loss: losses.append(loss))
+    ddp = torch.load(ddp_job / "steps.pt", weights_only=True)
+    assert len(losses) == len(ddp["losses"]) == 20
+    np.testing.assert_allclose(ddp["losses"].numpy(), losses, rtol=1e-5, atol=0)
+    for key, value in _state(model).items():
+        torch.testing.assert_close(ddp["weights"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(json.loads(ddp["history"]), single.history):
+        for key in ("train_loss", "val_mse", "val_psnr", "val_ssim"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_two_process_resume_after_interrupt_matches_uninterrupted_one_process(ddp_job, blobs_npz, tmp_path, one_thread):
+    from convae.training import train
+
+    full = train(ddp_config(f"npz:{blobs_npz}"), tmp_path / "full", progress=False)
+    resumed = torch.load(ddp_job / "resumed.pt", weights_only=True)
+    for key, value in _state(full.model).items():
+        torch.testing.assert_close(resumed["weights"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    history = json.loads(resumed["history"])
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["train_loss"] for r in history] == pytest.approx([r["train_loss"] for r in full.history], rel=1e-5)
+    assert {p.name for p in (ddp_job / "cut").iterdir()} == ALL_FILES  # rank 0's files only, no leftovers
+    assert load_run(ddp_job / "cut").config == full.config
+
+
+def test_sharded_extraction_equals_one_process_output(ddp_job, blobs_npz, tmp_path):
+    from convae.features import extract_to_npy
+
+    single = extract_to_npy(ddp_job / "cut", f"npz:{blobs_npz}", tmp_path / "single.npy", layers=["stage1", "bottleneck"],
+                            pool="max2", batch_size=50, precision="fp32", progress=False)
+    sharded = json.loads((ddp_job / "feats" / "sharded.json").read_text())
+    a, b = np.load(tmp_path / "single.npy"), np.load(ddp_job / "feats" / "sharded.npy")
+    assert a.shape == b.shape == (200, 4 * 4 + 6)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.load(ddp_job / "feats" / "sharded.labels.npy"), np.load(tmp_path / "single.labels.npy"))
+    for key in ("seconds", "features", "labels", "world_size"):
+        single.pop(key, None), sharded.pop(key, None)
+    assert sharded == single
+    assert sorted(p.name for p in (ddp_job / "feats").iterdir()) == ["sharded.json", "sharded.labels.npy", "sharded.npy"]
+
+
+def test_cli_train_nproc_runs_torchrun_and_rank0_alone_writes(tmp_path, blobs_npz):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "convae", "train", "--nproc", "2", "--data", f"npz:{blobs_npz}", "--limit", "40",
+                           "--set", "model.channels=4", "--set", "model.latent_dim=4", "--epochs", "1", "--batch-size", "8",
+                           "--precision", "fp32", "--run-dir", str(run), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("trained conv model") == 1  # printed by rank 0 only
+    assert {p.name for p in run.iterdir()} == ALL_FILES
+    assert [r["epoch"] for r in map(json.loads, (run / METRICS_JSONL).read_text().splitlines())] == [1]
