@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -45,8 +46,11 @@ def _config_from_args(args, base=None) -> "RunConfig":  # noqa: F821
 
 # --- verbs -----------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    from . import distributed
     from .training import train
 
+    if args.nproc not in (None, 1) and distributed.env_world_size() == 1:  # not yet under torchrun: start it
+        return distributed.launch(args.nproc, args.argv)
     base = None
     if args.resume:  # flags given with --resume apply on top of the run's own config
         from .runs import read_config
@@ -54,6 +58,8 @@ def cmd_train(args) -> int:
         base = read_config(args.run_dir)[0]
     cfg = _config_from_args(args, base)
     result = train(cfg, args.run_dir, resume=args.resume, progress=not args.quiet)
+    if not distributed.is_main_process():
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"trained {result.config.model.kind} model for {len(result.history)} epoch(s) in {result.seconds:.1f} s "
           f"({result.precision}); run directory: {args.run_dir}")
@@ -91,6 +97,20 @@ def cmd_scan(args) -> int:
     return 1 if report.bad else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    layers = [v.strip() for v in args.layers.split(",") if v.strip()]
+    summary = export(args.run, args.out, format=args.format, layers=layers, pool=args.pool, opset=args.opset)
+    if summary["format"] == "onnx":
+        print(f"wrote {summary['path']}: images (batch, {', '.join(map(str, summary['input'][1:]))}) float32 in [0, 1] -> "
+              f"features (batch, {summary['output'][1]}); layers {', '.join(summary['layers'])}, pool {summary['pool']}")
+    else:
+        print(f"wrote {summary['path']}: {summary['tensors']} encoder tensors ({summary['parameters']:,} parameters) "
+              "with the config that rebuilds them (convae.export.load_encoder)")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convae", description="Hierarchical image features without labels: convolutional autoencoders, "
@@ -114,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a TOML or JSON config file (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set model.channels=32,64")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir exactly where it stopped")
+    p.add_argument("--nproc", type=int, help="train with N processes on this machine (runs torchrun --standalone --nproc-per-node N)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -134,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--image-size")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("export", help="write a run's encoder as ONNX (layers and pooling included) or encoder-only safetensors")
+    p.add_argument("run")
+    p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
+    p.add_argument("--layers", default="bottleneck", help="comma-separated layer names or indices (ONNX; default bottleneck)")
+    p.add_argument("--pool", default="avg", help="avg, max, avgN, maxN, spp:1,2,4 or flatten (ONNX; default avg)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--out", required=True, help="output file (encoder.onnx or encoder.safetensors)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -141,16 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ConvaeError, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun (train --nproc)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("convae").setLevel(min(level, logging.INFO) if args.verbose else logging.WARNING)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+        logging.getLogger("convae").setLevel(logging.ERROR)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm():
             return args.func(args)
     except TrainingInterrupted as e:
-        print(f"convae: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # rank 0 wrote the checkpoint; the others only stopped
+            print(f"convae: {e}", file=sys.stderr)
         return 130
     except ConvaeError as e:
         print(f"convae: error: {e}", file=sys.stderr)
