@@ -46,15 +46,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
 
 from .errors import ConfigError, DataError
 from .features import feature_layout, iter_layer_outputs, parse_pool, pool_outputs, run_precision
@@ -62,13 +53,40 @@ from .training import resolve_device
 
 logger = logging.getLogger(__name__)
 
-# Fixed, untuned settings, the same for every feature set.
+# Fixed, untuned settings, the same for every feature set. (scikit-learn is imported when used:
+# it would double `import convae`'s time.)
+def _logreg(seed: int, n_jobs: int | None):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000)
+
+
+def _linear_svc(seed: int, n_jobs: int | None):
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(C=0.1, dual="auto", max_iter=5000, random_state=seed)
+
+
+def _rbf_svc(seed: int, n_jobs: int | None):
+    from sklearn.svm import SVC
+
+    return SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed)
+
+
+def _random_forest(seed: int, n_jobs: int | None):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=200, n_jobs=n_jobs, random_state=seed)
+
+
+def _mlp(seed: int, n_jobs: int | None):
+    from sklearn.neural_network import MLPClassifier
+
+    return MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True, max_iter=200, random_state=seed)
+
+
 CLASSIFIERS: dict[str, Callable[[int, int | None], object]] = {
-    "logreg": lambda seed, n_jobs: LogisticRegression(max_iter=1000),
-    "linear_svc": lambda seed, n_jobs: LinearSVC(C=0.1, dual="auto", max_iter=5000, random_state=seed),
-    "rbf_svc": lambda seed, n_jobs: SVC(kernel="rbf", C=10.0, gamma="scale", random_state=seed),
-    "random_forest": lambda seed, n_jobs: RandomForestClassifier(n_estimators=200, n_jobs=n_jobs, random_state=seed),
-    "mlp": lambda seed, n_jobs: MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True, max_iter=200, random_state=seed),
+    "logreg": _logreg, "linear_svc": _linear_svc, "rbf_svc": _rbf_svc, "random_forest": _random_forest, "mlp": _mlp,
 }
 CLASSIFIER_TITLES = {"logreg": "LogReg", "linear_svc": "LinearSVC", "rbf_svc": "RBF SVC", "random_forest": "RandomForest", "mlp": "MLP"}
 BASELINES = ("untrained", "fcae", "raw", "pca")
@@ -199,6 +217,8 @@ def _pca_sets(pixels: np.ndarray, dims: list[int], folds: list[tuple[np.ndarray,
     One PCA with the largest dimension per fold serves every smaller one: exact solvers give
     nested components, so the first d columns are the d-component projection.
     """
+    from sklearn.decomposition import PCA
+
     cap = min(min(len(train) for train, _ in folds), pixels.shape[1])
     dims = sorted({min(d, cap) for d in dims})
     if not dims:
@@ -221,6 +241,10 @@ def _pca_sets(pixels: np.ndarray, dims: list[int], folds: list[tuple[np.ndarray,
 def _score(classifier: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int,
            n_jobs: int | None) -> tuple[float, float, bool]:
     """(accuracy, fit seconds, converged) of Pipeline(StandardScaler, classifier) fitted on ``train`` rows."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), CLASSIFIERS[classifier](seed, n_jobs))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -301,6 +325,8 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     ProbeResult
         ``records`` (see the module docstring) and ``meta``; :func:`format_table` renders it.
     """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     from .models import build_model
     from .runs import Run, atomic_write_text, load_run
 
