@@ -31,3 +31,20 @@ __all__ = [
     "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config",
     "Run", "load_run",
 ]
+
+from .features import extract_features, extract_to_npy, parse_pool  # noqa: E402
+from .probe import format_table, probe  # noqa: E402
+
+_SKLEARN_NAMES = ("ConvAEFeatures", "DenseAEFeatures", "EncoderFeatures")
+
+
+def __getattr__(name):  # the estimators load scikit-learn, which would double `import convae`'s time
+    if name in _SKLEARN_NAMES:
+        from . import sklearn
+
+        return getattr(sklearn, name)
+    raise AttributeError(f"module 'convae' has no attribute {name!r}")
+
+
+__all__ += ["extract_features", "extract_to_npy", "parse_pool", "probe", "format_table",
+            "ConvAEFeatures", "DenseAEFeatures", "EncoderFeatures"]
