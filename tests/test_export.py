@@ -12,7 +12,7 @@ import convae
 from convae.cli import main
 from convae.config import RunConfig, apply_overrides
 from convae.errors import RunError
-from convae.export import GridPool, export_onnx, export_safetensors, grid_windows, load_encoder
+from convae.export import GridPool, export_onnx, grid_windows, load_encoder
 from convae.features import extract_features, parse_pool
 
 ort = pytest.importorskip("onnxruntime")

@@ -367,6 +367,8 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
         raise
     finally:
         bar.close()
+    if ctx is not None:
+        distributed.barrier()  # no rank returns before rank 0 has written the last checkpoint
     model.eval()
     return TrainResult(model=model, history=history, run_dir=run_dir, config=run_config, seconds=time.perf_counter() - t_start, precision=precision)
 
