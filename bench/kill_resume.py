@@ -7,9 +7,9 @@ Two experiments on a tiny ConvAE (synthetic 8x8 images, fp32, one CPU thread):
 
 random kills
     ``convae train`` runs as a subprocess and is sent SIGKILL at a random moment after it has
-    started training; it is resumed (``--resume``, or a fresh start when no checkpoint exists
-    yet) until ``--kills`` kills have landed, then runs to the end. Epochs are two steps long, so
-    much of the time goes to checkpoint writes and some kills land inside them.
+    written its first checkpoint; it is resumed (``--resume``, or a fresh start when no checkpoint exists
+    yet) until ``--kills`` kills have landed, then runs to the end. Epochs are two steps long,
+    with a checkpoint after each; half the kills wait for a checkpoint write to be under way.
 checkpoint steps
     A driver process forks one child per kill point; the child kills itself with SIGKILL right
     after a step of the checkpoint protocol (a temporary file written and fsynced, or a rename),
@@ -79,17 +79,21 @@ def cli_command(data: Path, run_dir: Path, epochs: int) -> list[str]:
 
 
 def in_checkpoint_write(run_dir: Path) -> bool:
-    """Whether a kill left a checkpoint half-written (a temporary or pending file remains)."""
-    return any(p.name.endswith(".tmp") or p.name == "model.next.safetensors" for p in run_dir.iterdir())
+    """Whether a checkpoint is half-written (a temporary or pending file exists)."""
+    try:
+        return any(e.name.endswith(".tmp") or e.name == "model.next.safetensors" for e in os.scandir(run_dir))
+    except FileNotFoundError:
+        return False
 
 
 def random_kills(data: Path, run_dir: Path, epochs: int, kills: int, *, seed: int = 0, max_delay: float = 0.4,
-                 log=print) -> dict:
-    """SIGKILL ``convae train`` ``kills`` times at random moments, resuming each time; then finish.
+                 aim_at_writes: float = 0.5, log=print) -> dict:
+    """SIGKILL ``convae train`` ``kills`` times, resuming each time; then let it finish.
 
-    A kill is aimed at a moment uniform in [0, max_delay] s after the process has started
-    training (it rewrites config.json just before the first step). Returns the counts and the
-    final weights' bytes.
+    Each kill waits until the process has written its first checkpoint (so it is in the training
+    loop, past start-up), then a random time in [0, max_delay] s. A fraction ``aim_at_writes`` of
+    the kills then also waits (polling the directory) until a checkpoint write is under way.
+    Returns the counts and the final weights' path.
     """
     rng = random.Random(seed)
     landed = during_write = launches = 0
@@ -99,10 +103,14 @@ def random_kills(data: Path, run_dir: Path, epochs: int, kills: int, *, seed: in
         launches += 1
         proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if landed < kills:
-            config = run_dir / "config.json"
-            while proc.poll() is None and not (config.exists() and config.stat().st_mtime_ns >= started):
-                time.sleep(0.005)
+            state = run_dir / "trainer_state.pt"  # rewritten by every checkpoint: this process is in the loop
+            while proc.poll() is None and not (state.exists() and state.stat().st_mtime_ns >= started):
+                time.sleep(0.002)
             time.sleep(rng.uniform(0.0, max_delay))
+            if rng.random() < aim_at_writes:
+                deadline = time.monotonic() + 2.0
+                while proc.poll() is None and time.monotonic() < deadline and not in_checkpoint_write(run_dir):
+                    pass  # busy-poll: a write lasts about a millisecond
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
