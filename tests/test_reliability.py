@@ -210,6 +210,10 @@ def _cli_entry_points(run, tmp_path):
     yield ["train", "--run-dir", str(run), "--resume", "-q"]
     if "export" in verbs:
         yield ["export", str(run), "--format", "safetensors", "--out", str(tmp_path / "encoder.safetensors")]
+    if "viz" in verbs:
+        yield ["viz", str(run), "filters", "--out", str(tmp_path / "viz")]
+    if "report" in verbs:
+        yield ["report", str(run), "--out", str(tmp_path / "report.html")]
     if "extract" in verbs:
         yield ["extract", str(run), "--out", str(tmp_path / "features.npy")]
     if "probe" in verbs:
