@@ -111,6 +111,40 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_viz(args) -> int:
+    from .viz import render
+
+    layers = [v.strip() for v in args.layer.split(",") if v.strip()] if args.layer else None
+    for path in render(args.run, args.kind, layers=layers, out_dir=args.out, data=args.data, others=args.with_run or (), n=args.n, seed=args.seed):
+        print(path)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ._compare_plots import format_compare
+    from .compare import compare
+
+    sizes = [None if v.strip() == "all" else int(v) for v in args.hunger_sizes.split(",")] if args.hunger_sizes else (1000, 10000, None)
+    shifts = [int(v) for v in args.shifts.split(",")] if args.shifts else (1, 2, 3, 4)
+    sections = [v.strip() for v in args.sections.split(",")] if args.sections else None
+    kwargs = {"sections": sections} if sections else {}
+    result = compare(args.data, args.out, conv_run=args.conv_run, dense_run=args.dense_run, epochs=args.epochs, limit=args.limit,
+                     overrides=args.set or (), conv_overrides=args.conv_set or (), dense_overrides=args.dense_set or (), shifts=shifts,
+                     hunger_sizes=sizes, pool=args.pool, probe_train_limit=args.probe_train_limit, test_limit=args.test_limit,
+                     analysis_limit=args.analysis_limit, seed=args.seed, quick=args.quick, progress=not args.quiet, **kwargs)
+    print(format_compare(result))
+    print(f"\nresults: {Path(args.out) / 'compare.json'} (plots and compare.md beside it)")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run, compare=args.compare, fcae=args.fcae, out=args.out, data=args.data)
+    print(path)
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convae", description="Hierarchical image features without labels: convolutional autoencoders, "
@@ -164,6 +198,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--out", required=True, help="output file (encoder.onnx or encoder.safetensors)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("viz", help="visualize what each depth responds to: filters, maps, patches, maximize, recon, traverse, embedding")
+    p.add_argument("run")
+    p.add_argument("kind", choices=("filters", "maps", "patches", "maximize", "recon", "traverse", "embedding", "all"))
+    p.add_argument("--layer", help="comma-separated layer names or indices (default: every layer; embedding: bottleneck)")
+    p.add_argument("--data", help="dataset spec to draw images from (default: the run's own, its test split where it has one)")
+    p.add_argument("--with", dest="with_run", action="append", metavar="RUN", help="another run whose reconstructions join recon (e.g. the FCAE)")
+    p.add_argument("--n", type=int, default=8, help="images (recon, maps) or patches per channel (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output directory for the PNGs (default RUN/viz)")
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("compare", help="train a ConvAE and an FCAE on the same data and measure parameters, permutation, translation, data hunger, hierarchy")
+    p.add_argument("--data", required=True, help="dataset spec with labels")
+    p.add_argument("--out", default="runs/compare", help="directory for compare.json, plots and the trained runs (default runs/compare)")
+    p.add_argument("--conv-run", help="take this trained ConvAE run instead of training one")
+    p.add_argument("--dense-run", help="take this trained FCAE run instead of training one")
+    p.add_argument("--epochs", type=int, help="epochs of the full-data runs (default: the demo's)")
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override for both models")
+    p.add_argument("--conv-set", action="append", metavar="KEY=VALUE", help="config override for the ConvAE")
+    p.add_argument("--dense-set", action="append", metavar="KEY=VALUE", help="config override for the FCAE")
+    p.add_argument("--shifts", help="comma-separated shifts in px (default 1,2,3,4)")
+    p.add_argument("--hunger-sizes", help="comma-separated training-set sizes, 'all' for all (default 1000,10000,all)")
+    p.add_argument("--sections", help="comma-separated subset of parameters,hierarchy,permutation,translation,hunger")
+    p.add_argument("--pool", default="avg2", help="pooling of conv maps for the probes (default avg2)")
+    p.add_argument("--probe-train-limit", type=int, default=10000, help="labelled training images for the probes (default 10000)")
+    p.add_argument("--test-limit", type=int, help="use a stratified sample of this many test images")
+    p.add_argument("--analysis-limit", type=int, default=2000, help="test images for the equivariance and invariance measurements (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="small settings for a smoke run (seconds on digits)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page about a run (and a compare directory)")
+    p.add_argument("run")
+    p.add_argument("--compare", help="a `convae compare` output directory to include")
+    p.add_argument("--fcae", help="an FCAE run to show beside the ConvAE (reconstructions)")
+    p.add_argument("--data", help="dataset spec for the images shown (default: the run's own)")
+    p.add_argument("--out", help="output HTML file (default RUN/report.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

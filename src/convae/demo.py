@@ -51,7 +51,16 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
         results[kind] = {"run_dir": str(root / kind), "parameters": result.model.parameter_counts()["total"],
                          "train_seconds": round(sum(r["seconds"] for r in result.history), 2), "precision": result.precision,
                          **{f"{eval_name}_{k}": v for k, v in metrics.items()}}
-    return {"data": data, "epochs": epochs, "n_train": len(train_data), "eval_split": eval_name, "root": str(root), "models": results}
+    report = write_demo_report(root / "conv", root / "dense")
+    return {"data": data, "epochs": epochs, "n_train": len(train_data), "eval_split": eval_name, "root": str(root), "models": results,
+            "report": str(report)}
+
+
+def write_demo_report(conv_run: Path, dense_run: Path) -> Path:
+    """The demo's last step: the ConvAE's HTML report, the FCAE beside it (probe tables where probe.json exists)."""
+    from .report import write_report
+
+    return write_report(conv_run, fcae=dense_run)
 
 
 def format_demo(result: dict) -> str:
@@ -69,6 +78,8 @@ def format_demo(result: dict) -> str:
     lines += [f"{name:<{width}}{a:>14}{b:>14}" for name, a, b in rows]
     lines += ["", f"runs: {conv['run_dir']}  (ConvAE)", f"      {dense['run_dir']}  (FCAE)",
               f"inspect one with: convae inspect {conv['run_dir']}"]
+    if result.get("report"):
+        lines += ["", f"report: {result['report']}"]
     return "\n".join(lines)
 
 
