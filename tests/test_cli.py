@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from convae.cli import main
@@ -67,3 +68,27 @@ def test_scan_exits_nonzero_on_bad_file(tmp_path, capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "convae", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "convae" in result.stdout
+
+
+def test_extract_writes_features_labels_and_sidecar(tmp_path, blobs_npz, capsys):
+    run = tmp_path / "run"
+    main(["train", "--data", f"npz:{blobs_npz}", "--epochs", "1", "--run-dir", str(run), "--set", "model.channels=4,8", "-q"])
+    out = tmp_path / "f.npy"
+    assert main(["extract", str(run), "--layers", "stage1,stage2", "--pool", "avg2", "--out", str(out), "-q"]) == 0
+    feats = np.load(out)
+    assert feats.shape == (200, (4 + 8) * 4) and feats.dtype == np.float32
+    assert np.load(tmp_path / "f.labels.npy").shape == (200,)
+    sidecar = json.loads((tmp_path / "f.json").read_text())
+    assert sidecar["layers"] == ["stage1", "stage2"] and sidecar["pool"] == "avg2"
+
+
+def test_probe_prints_table_with_baselines_and_writes_files(tmp_path, blobs_npz, capsys):
+    run = tmp_path / "run"
+    main(["train", "--data", f"npz:{blobs_npz}", "--epochs", "1", "--run-dir", str(run), "--set", "model.channels=4,8", "-q"])
+    assert main(["probe", str(run), "--layers", "stage2", "--classifiers", "logreg", "--labels-per-class", "10",
+                 "--seeds", "0", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "untrained" in out and "raw" in out and "stage2" in out
+    records = json.loads((run / "probe.json").read_text())
+    assert records
+    assert (run / "probe.csv").exists() and (run / "probe.md").exists()

@@ -69,7 +69,8 @@ def test_feature_info_geometry_of_default_convae():
 
 def test_receptive_field_matches_gradient_support():
     """The computed receptive field is the set of input pixels that reach one output position."""
-    model = ConvAutoencoder((1, 40, 40), channels=(2, 2, 2), pool="avg").double()
+    # leaky_relu: a dead ReLU would cut gradient paths and shrink the measured support
+    model = ConvAutoencoder((1, 40, 40), channels=(2, 2, 2), pool="avg", activation="leaky_relu").double()
     for info in model.feature_info[:-1]:
         x = torch.rand(1, 1, 40, 40, dtype=torch.float64, requires_grad=True)
         out = model.forward_intermediates(x, [info.name])[info.name]

@@ -111,6 +111,55 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _split_list(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _layer_list(text: str | None):
+    """Layer names or indices from ``stage1,stage2`` / ``-1``; ``+`` joins layers into one concatenated set."""
+    items = _split_list(text)
+    if items is None:
+        return None
+    return [int(v) if v.lstrip("-").isdigit() else v for v in items]
+
+
+def cmd_extract(args) -> int:
+    from .distributed import env_world_size, extract_to_npy_sharded
+    from .features import extract_to_npy
+
+    data = args.data
+    if data is not None and (args.image_size or args.channels):
+        from .data import load_dataset, parse_image_size
+
+        data = load_dataset(args.data, args.split, image_size=parse_image_size(args.image_size), channels=args.channels)
+    extract = extract_to_npy_sharded if env_world_size() > 1 else extract_to_npy
+    sidecar = extract(args.run, data, args.out, layers=_layer_list(args.layers) or "bottleneck", pool=args.pool,
+                      batch_size=args.batch_size, precision=args.precision, split=args.split, device=args.device,
+                      progress=not args.quiet)
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(f"wrote {args.out}: {sidecar.get('shape')} float32 features ({', '.join(sidecar.get('layers', []))}; pool {sidecar.get('pool')})")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .probe import format_table, probe
+
+    kwargs = {}
+    if args.labels_per_class:
+        kwargs["labels_per_class"] = [None if v == "all" else int(v) for v in _split_list(args.labels_per_class)]
+    if args.seeds:
+        kwargs["seeds"] = [int(v) for v in _split_list(args.seeds)]
+    result = probe(args.run, args.data, layers=_layer_list(args.layers), pool=_split_list(args.pool) or "avg2",
+                   classifiers=_split_list(args.classifiers), fcae=args.fcae, quick=args.quick, train_limit=args.train_limit,
+                   precision=args.precision, device=args.device, out_dir=args.out, progress=not args.quiet, **kwargs)
+    print(format_table(result))
+    out = args.out or args.run
+    print(f"\nresults: {out}/probe.json, probe.csv, probe.md")
+    return 0
+
+
 def cmd_viz(args) -> int:
     from .viz import render
 
@@ -198,6 +247,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--out", required=True, help="output file (encoder.onnx or encoder.safetensors)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("extract", help="stream a run's features for a dataset into a .npy file (labels and a JSON sidecar beside it)")
+    p.add_argument("run")
+    p.add_argument("--data", help="dataset spec (default: the run's own)")
+    p.add_argument("--split", default="all", choices=("train", "test", "all"), help="which split (default all)")
+    p.add_argument("--image-size", help="resize to HxW before converting to the run's input shape")
+    p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--layers", default="bottleneck", help="comma-separated layer names or indices, concatenated in order (default bottleneck)")
+    p.add_argument("--pool", default="avg", help="avg, max, avgN, maxN, spp:1,2,4 or flatten (default avg)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the precision the run was trained with")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--out", required=True, help="output .npy path")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("probe", help="per-layer accuracy of classical classifiers on a run's features, beside baselines")
+    p.add_argument("run")
+    p.add_argument("--data", help="dataset spec with labels (default: the run's own; another dataset tests transfer)")
+    p.add_argument("--layers", help="comma-separated layers (default: every layer)")
+    p.add_argument("--pool", help="comma-separated pooling specs to try (default avg2)")
+    p.add_argument("--classifiers", help="comma-separated: logreg,linear_svc,rbf_svc,random_forest,mlp (default all five)")
+    p.add_argument("--fcae", help="an FCAE run whose layers join the table as a baseline")
+    p.add_argument("--labels-per-class", help="comma-separated label budgets, 'all' for all (default 10,100,1000)")
+    p.add_argument("--seeds", help="comma-separated seeds for the label draws (default 0,1,2)")
+    p.add_argument("--train-limit", type=int, help="use a stratified sample of this many training images")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--quick", action="store_true", help="a subset that finishes in about a minute on Fashion-MNIST")
+    p.add_argument("--out", help="directory for probe.json/csv/md (default: the run directory)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("viz", help="visualize what each depth responds to: filters, maps, patches, maximize, recon, traverse, embedding")
     p.add_argument("run")
