@@ -36,16 +36,21 @@ class ModelConfig:
     upsample: str = "transpose"
     convs_per_stage: int = 1
     hidden: list[int] = field(default_factory=lambda: [512, 256])
+    wta_spatial: bool = False  # winner-take-all code during training (conv bottleneck only)
+    wta_lifetime: float = 0.0  # fraction of the batch that keeps each latent channel (0 = off)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the chosen model class."""
         if self.kind == "dense":
             return dict(hidden=tuple(self.hidden), latent_dim=self.latent_dim, activation=self.activation, norm=self.norm)
-        return dict(
+        kwargs = dict(
             channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.pool, norm=self.norm,
             bottleneck=self.bottleneck, latent_dim=self.latent_dim, activation=self.activation,
             upsample=self.upsample, convs_per_stage=self.convs_per_stage,
         )
+        if self.wta_spatial or self.wta_lifetime:  # only when on: older runs rebuild unchanged
+            kwargs.update(wta_spatial=self.wta_spatial, wta_lifetime=self.wta_lifetime)
+        return kwargs
 
 
 @dataclass

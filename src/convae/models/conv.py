@@ -76,6 +76,13 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
     upsample : {"transpose", "upsample"}, default "transpose"
         Decoder upsampling: a learned 2x2 transposed conv, or nearest-neighbour resize.
     convs_per_stage : int, default 1
+    wta_spatial : bool, default False
+        Winner-take-all sparsity (Makhzani & Frey 2015), training only: the code fed to the decoder
+        keeps each channel's single largest value per image and zeros the rest of its map. Needs
+        ``bottleneck="conv"``. :meth:`encode` and the features are never sparsified.
+    wta_lifetime : float, default 0.0
+        Training only: per latent channel, keep the code of the top ``wta_lifetime`` fraction of the
+        batch's images (ranked by the channel's winning value) and zero the others. 0 turns it off.
     """
 
     def __init__(
@@ -90,6 +97,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         activation: str = "relu",
         upsample: str = "transpose",
         convs_per_stage: int = 1,
+        wta_spatial: bool = False,
+        wta_lifetime: float = 0.0,
     ):
         super().__init__()
         in_shape = check_in_shape(in_shape)
@@ -105,6 +114,10 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             raise ArchitectureError(f"kernel_size must be odd and positive (for 'same' padding), got {kernel_size}")
         if latent_dim < 1 or convs_per_stage < 1:
             raise ArchitectureError(f"latent_dim and convs_per_stage must be >= 1, got {latent_dim}, {convs_per_stage}")
+        if wta_spatial and bottleneck != "conv":
+            raise ArchitectureError("wta_spatial=True needs bottleneck='conv' (a spatial code); got bottleneck='dense'")
+        if not 0.0 <= float(wta_lifetime) <= 1.0:
+            raise ArchitectureError(f"wta_lifetime must be a fraction in [0, 1], got {wta_lifetime}")
         c_in, h, w = in_shape
         # Spatial size entering each stage; every stage needs >= 2 pixels per side to downsample.
         sizes = [(h, w)]
@@ -123,6 +136,9 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             bottleneck=bottleneck, latent_dim=latent_dim, activation=activation, upsample=upsample,
             convs_per_stage=convs_per_stage,
         )
+        if wta_spatial or wta_lifetime:  # recorded only when on, so older configs read the same
+            self.config.update(wta_spatial=bool(wta_spatial), wta_lifetime=float(wta_lifetime))
+        self.wta_spatial, self.wta_lifetime = bool(wta_spatial), float(wta_lifetime)
         self.in_shape = in_shape
         self._sizes = sizes
         pad = kernel_size // 2
@@ -229,8 +245,26 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         """Latent -> reconstruction (B, C, H, W) in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z))
 
+    def sparsify(self, z: torch.Tensor) -> torch.Tensor:
+        """Winner-take-all sparsity of a code (training only; identity when both options are off)."""
+        if self.wta_spatial:  # (B, C, h, w): each map keeps its largest value
+            flat = z.flatten(2)
+            winners = flat == flat.amax(dim=2, keepdim=True)
+            z = (flat * winners).view_as(z)
+        if self.wta_lifetime > 0:  # per channel, the batch's top fraction of images keeps its code
+            b = z.shape[0]
+            k = max(1, math.ceil(self.wta_lifetime * b))
+            strength = z.flatten(2).amax(dim=2) if z.dim() == 4 else z  # (B, C)
+            threshold = strength.topk(k, dim=0).values[-1:]  # (1, C)
+            keep = (strength >= threshold).to(z.dtype)
+            z = z * (keep[..., None, None] if z.dim() == 4 else keep)
+        return z
+
     def reconstruct_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode_logits(self.encode(x))
+        z = self.encode(x)
+        if self.training and (self.wta_spatial or self.wta_lifetime > 0):
+            z = self.sparsify(z)
+        return self.decode_logits(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.reconstruct_logits(x))

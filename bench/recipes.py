@@ -1,0 +1,288 @@
+"""Training recipes (issue 7): train a recipe, probe its frozen features beside the untrained encoder.
+
+    python bench/recipes.py configs/NAME.toml [...]   # train (or reuse) and probe; update the results
+    python bench/recipes.py configs/NAME.toml --train-limit 15000 --probe-limit 10000 --tag screen
+    python bench/recipes.py --table                   # regenerate the section of docs/RESULTS.md
+
+A recipe is a RunConfig TOML plus a ``[probe]`` table::
+
+    [probe]
+    features = ["stage2:avg3", "stage1+stage2+stage3:max2"]   # layers joined by +, then a pooling spec
+    post = ["none", "ssqrt"]                                   # none | ssqrt | pca-whiten (fit on train)
+
+Protocol: the autoencoder trains on Fashion-MNIST's training images without labels; every feature
+set x post-processing is standardized on the training split, fit with multinomial logistic regression
+(L2, C=1: scikit-learn's LogisticRegression objective, solved with L-BFGS in torch for speed) and
+scored on the 10,000 test images; the same is done for the same architecture with its seed-built
+untrained weights. Results go to bench/results/recipes.json keyed by (recipe, tag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "recipes.json"
+RUNS = ROOT / "bench" / "results" / "runs"
+DOC = ROOT / "docs" / "RESULTS.md"
+BEGIN, END = "<!-- recipes:begin (python bench/recipes.py --table) -->", "<!-- recipes:end -->"
+
+
+# --- post-processing and the linear probe --------------------------------------------------------------
+def postprocess(kind: str, train: np.ndarray, test: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``kind`` to both splits, fitting anything fitted on ``train`` only."""
+    if kind == "none":
+        return train, test
+    if kind == "ssqrt":  # signed square root (power normalization, alpha=1/2)
+        return np.sign(train) * np.sqrt(np.abs(train)), np.sign(test) * np.sqrt(np.abs(test))
+    if kind == "pca-whiten":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=min(512, train.shape[1]), whiten=True, random_state=seed, svd_solver="randomized").fit(train)
+        return pca.transform(train).astype(np.float32), pca.transform(test).astype(np.float32)
+    raise SystemExit(f"unknown post-processing {kind!r}; use none, ssqrt or pca-whiten")
+
+
+def logreg_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, C: float = 1.0,
+                    max_iter: int = 150) -> float:
+    """Test accuracy of L2 multinomial logistic regression on standardized features.
+
+    Minimises ``C * sum(cross-entropy) + ||W||^2 / 2`` (scikit-learn's objective) with L-BFGS.
+    """
+    mean, std = train.mean(0), train.std(0)
+    std[std == 0] = 1.0
+    X = torch.from_numpy((train - mean) / std).float()
+    Xt = torch.from_numpy((test - mean) / std).float()
+    y = torch.from_numpy(y_train.astype(np.int64))
+    n, d = X.shape
+    n_classes = int(y.max()) + 1
+    W = torch.zeros(d, n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(X @ W + b, y) + (W * W).sum() / (2 * C * n)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (Xt @ W + b).argmax(1).numpy()
+    return float((pred == y_test).mean())
+
+
+# --- one recipe ----------------------------------------------------------------------------------------
+def read_recipe(path: Path) -> tuple[dict, dict]:
+    raw = tomllib.loads(path.read_text())
+    probe = raw.pop("probe", {})
+    return raw, probe
+
+
+def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
+    """Every feature set in ``specs`` ("stage1+stage2:max2") from one pass of the encoder over ``data``."""
+    from convae.features import parse_pool
+    from convae.training import to_input
+
+    parsed = {}
+    for spec in specs:
+        layers, pool = spec.split(":", 1) if ":" in spec else (spec, "avg")
+        parsed[spec] = (layers.split("+"), parse_pool(pool))
+    wanted = sorted({name for layers, _ in parsed.values() for name in layers}, key=model.layer_names.index)
+    chunks: dict[str, list[np.ndarray]] = {spec: [] for spec in specs}
+    model.eval()
+    with torch.inference_mode():
+        for batch in data.batches(np.arange(len(data)), batch_size):
+            maps = model.forward_intermediates(to_input(batch, torch.device("cpu"), False), wanted)
+            for spec, (layers, pooling) in parsed.items():
+                chunks[spec].append(torch.cat([pooling(maps[name]) for name in layers], dim=1).numpy())
+    return {spec: np.concatenate(c) for spec, c in chunks.items()}
+
+
+def run_recipe(path: Path, args) -> dict:
+    from convae.config import RunConfig, apply_overrides
+    from convae.data import load_dataset
+    from convae.models import build_model
+    from convae.runs import load_run
+    from convae.training import evaluate, train
+
+    raw, probe_cfg = read_recipe(path)
+    config = RunConfig.from_dict(raw, source=str(path))
+    apply_overrides(config, args.set)
+    config.train.threads = args.threads
+    name = path.stem
+    tag = args.tag
+    train_data = load_dataset("fashion-mnist", "train")
+    test_data = load_dataset("fashion-mnist", "test")
+    if args.train_limit:
+        train_data = train_data.subset(np.arange(args.train_limit))
+    run_dir = RUNS / f"{name}-{tag}"
+    load1 = os.getloadavg()[0]
+    if (run_dir / "model.safetensors").exists():
+        run = load_run(run_dir)
+        model, history = run.model, run.metrics or []
+        print(f"{name}: reusing {run_dir}", flush=True)
+    else:
+        if run_dir.exists():  # an interrupted run: start over
+            import shutil
+
+            shutil.rmtree(run_dir)
+        result = train(config, run_dir, dataset=train_data, progress=False)
+        model, history = result.model, result.history
+    train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
+    images = sum(math.ceil(len(train_data) * (1 - config.train.val_fraction)) for _ in history)
+    model.eval()
+    test_mse = evaluate(model, test_data)["mse"]
+
+    torch.manual_seed(config.train.seed)  # the seed-built initial weights of training
+    untrained = build_model(config.model.kind, train_data.shape, **config.model.model_kwargs()).eval()
+
+    probe_train = load_dataset("fashion-mnist", "train")
+    probe_test = test_data
+    if args.probe_limit:
+        probe_train = probe_train.subset(np.arange(args.probe_limit))
+        probe_test = probe_test.subset(np.arange(min(args.probe_limit, len(probe_test))))
+    y_train, y_test = probe_train.labels, probe_test.labels
+    rows = []
+    specs = probe_cfg.get("features", ["bottleneck"])
+    for family, net in (("trained", model), ("untrained", untrained)):
+        t0 = time.perf_counter()
+        feats_train, feats_test = all_features(net, probe_train, specs), all_features(net, probe_test, specs)
+        for spec in specs:
+            f_train, f_test = feats_train[spec], feats_test[spec]
+            for post in probe_cfg.get("post", ["none"]):
+                a, b = postprocess(post, f_train, f_test, config.train.seed)
+                acc = logreg_accuracy(a, y_train, b, y_test)
+                rows.append({"features": spec, "post": post, "family": family, "dim": int(a.shape[1]), "accuracy": acc})
+                print(f"{name}[{tag}] {family:9s} {spec:28s} {post:10s} d={a.shape[1]:5d} acc={acc:.4f} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    record = {
+        "recipe": name, "tag": tag, "config": str(path.relative_to(ROOT)) if path.is_absolute() else str(path),
+        "train_images": len(train_data), "probe_train": len(probe_train), "probe_test": len(probe_test),
+        "epochs": len(history), "train_seconds": round(train_seconds, 1),
+        "images_per_s": round(images / max(train_seconds, 1e-9), 1), "load_avg_1m": round(load1, 2),
+        "test_mse": test_mse, "rows": rows, "kind": config.model.kind,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return record
+
+
+def save_record(record: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    records = [r for r in records if (r["recipe"], r["tag"]) != (record["recipe"], record["tag"])] + [record]
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    os.replace(tmp, RESULTS)
+
+
+# --- the table ------------------------------------------------------------------------------------------
+def best(record: dict, family: str) -> dict | None:
+    rows = [r for r in record["rows"] if r["family"] == family]
+    return max(rows, key=lambda r: r["accuracy"]) if rows else None
+
+
+def matched(record: dict, row: dict, family: str) -> dict | None:
+    for r in record["rows"]:
+        if r["family"] == family and r["features"] == row["features"] and r["post"] == row["post"]:
+            return r
+    return None
+
+
+def table() -> str:
+    from scipy.stats import pearsonr, spearmanr
+
+    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    lines = [
+        "## Recipes (issue 7)", "",
+        "Fashion-MNIST; the autoencoder trains on the training images without labels (90% of them; 10% are its "
+        "validation split); logistic regression (L2, C=1, standardized features) is fit on frozen features of the "
+        "probe's training images and scored on the test images. *untrained* is the same architecture with its "
+        "seed-built weights, same features and post-processing, the one matched to the trained row shown. "
+        "Train time is wall time on the shared 2-core machine (load average at start shown); "
+        "*full* rows use all 60,000/10,000 images, *screen* rows fewer (columns *AE imgs* and *probe*).",
+        "", "Regenerate: `python bench/recipes.py --table`; rows come from `python bench/recipes.py configs/NAME.toml "
+        "[--tag screen --train-limit N --probe-limit N]`.", "",
+        "| recipe | tag | AE imgs | epochs | train s | img/s | load | probe train/test | test MSE | best features | post | "
+        "trained acc | untrained acc | gain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in sorted(records, key=lambda r: (r["tag"], r["recipe"])):
+        top = best(rec, "trained")
+        if top is None:
+            continue
+        base = matched(rec, top, "untrained")
+        ub = base["accuracy"] if base else float("nan")
+        lines.append(f"| {rec['recipe']} | {rec['tag']} | {rec['train_images']} | {rec['epochs']} | {rec['train_seconds']:.0f} | "
+                     f"{rec['images_per_s']:.0f} | {rec['load_avg_1m']:.1f} | {rec['probe_train']}/{rec['probe_test']} | "
+                     f"{rec['test_mse']:.4f} | {top['features']} | {top['post']} | {100 * top['accuracy']:.1f} | "
+                     f"{100 * ub:.1f} | {100 * (top['accuracy'] - ub):+.1f} |")
+    lines += ["", "Every feature set probed (trained / untrained accuracy, %):", ""]
+    for rec in sorted(records, key=lambda r: (r["tag"], r["recipe"])):
+        cells = []
+        for r in rec["rows"]:
+            if r["family"] != "trained":
+                continue
+            u = matched(rec, r, "untrained")
+            cells.append(f"{r['features']} {r['post']}: {100 * r['accuracy']:.1f} / {100 * u['accuracy']:.1f}" if u else
+                         f"{r['features']} {r['post']}: {100 * r['accuracy']:.1f}")
+        lines.append(f"- **{rec['recipe']}** ({rec['tag']}): " + "; ".join(cells))
+    lines.append("")
+    for tag in sorted({r["tag"] for r in records}):
+        group = [r for r in records if r["tag"] == tag and best(r, "trained")]
+        if len(group) >= 3:
+            mse = [r["test_mse"] for r in group]
+            acc = [best(r, "trained")["accuracy"] for r in group]
+            p, s = pearsonr(mse, acc), spearmanr(mse, acc)
+            lines.append(f"Reconstruction vs features ({tag}, {len(group)} recipes): Pearson r(test MSE, best accuracy) = "
+                         f"{p.statistic:+.2f} (p={p.pvalue:.2f}), Spearman rho = {s.statistic:+.2f} (p={s.pvalue:.2f}); "
+                         "a negative value means lower reconstruction error went with better features.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_table() -> None:
+    section = f"{BEGIN}\n{table()}{END}\n"
+    text = DOC.read_text() if DOC.exists() else "# Results\n\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
+    print(f"wrote {DOC}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipes", nargs="*", type=Path)
+    p.add_argument("--table", action="store_true", help="regenerate the Recipes section of docs/RESULTS.md")
+    p.add_argument("--tag", default="full")
+    p.add_argument("--train-limit", type=int, default=None, help="train the AE on the first N training images")
+    p.add_argument("--probe-limit", type=int, default=None, help="probe on the first N train and test images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], help="key=value config override, e.g. train.epochs=1")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT / "src"))
+    for path in args.recipes:
+        save_record(run_recipe(path.resolve(), args))
+    if args.table:
+        write_table()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Winner-take-all sparsity (issue 7): training-only, default off, round-trips through the config."""
+
+import pytest
+import torch
+
+from convae import ArchitectureError, ConvAutoencoder, RunConfig
+from convae.models import build_model
+
+
+def test_wta_spatial_keeps_one_value_per_map_and_lifetime_keeps_top_fraction():
+    model = ConvAutoencoder((1, 16, 16), channels=(4, 8), bottleneck="conv", latent_dim=6, wta_spatial=True, wta_lifetime=0.25)
+    z = torch.randn(8, 6, 4, 4)
+    sparse = model.sparsify(z)
+    assert ((sparse != 0).flatten(2).sum(2) <= 1).all()  # spatial: at most one winner per image and channel
+    assert ((sparse != 0).flatten(2).any(2).sum(0) == 2).all()  # lifetime: 25% of 8 images per channel
+
+
+def test_wta_is_training_only_and_features_are_dense():
+    torch.manual_seed(0)
+    model = ConvAutoencoder((1, 16, 16), channels=(4, 8), bottleneck="conv", latent_dim=6, wta_spatial=True, wta_lifetime=0.5)
+    x = torch.rand(4, 1, 16, 16)
+    model.eval()
+    assert torch.equal(model.reconstruct_logits(x), model.decode_logits(model.encode(x)))
+    model.train()
+    assert not torch.allclose(model.reconstruct_logits(x), model.decode_logits(model.encode(x)))
+
+
+def test_wta_defaults_off_and_config_round_trips():
+    assert "wta_spatial" not in RunConfig().model.model_kwargs()  # older runs rebuild unchanged
+    cfg = RunConfig.from_dict({"model": {"bottleneck": "conv", "wta_spatial": True, "wta_lifetime": 0.2}})
+    model = build_model("conv", (1, 16, 16), **cfg.model.model_kwargs())
+    assert model.wta_spatial and model.wta_lifetime == 0.2
+    assert RunConfig.from_dict(cfg.to_dict()).model == cfg.model
+
+
+def test_wta_spatial_needs_a_conv_bottleneck():
+    with pytest.raises(ArchitectureError, match="bottleneck='conv'"):
+        ConvAutoencoder((1, 16, 16), channels=(4,), wta_spatial=True)
