@@ -93,10 +93,12 @@ def test_probe_records_every_feature_set_with_its_baselines_and_writes_its_files
 def test_every_classifier_runs_on_the_best_layer(runs, tmp_path):
     conv, _ = runs
     result = probe(conv, "digits", layers=["bottleneck"], baselines=["raw"], labels_per_class=[], seeds=[0], train_limit=200,
-                   cv_folds=2, write=False)
+                   classifier_limits={"rbf_svc": 60}, cv_folds=2, write=False)
     for name in ("convae:bottleneck", "raw"):
         assert {r["classifier"] for r in result.records if r["feature_set"] == name} == set(CLASSIFIERS)
-    assert "RandomForest" in format_table(result)
+        assert {r["classifier"]: r["n_train"] for r in result.records if r["feature_set"] == name} == {
+            "logreg": 100, "linear_svc": 100, "rbf_svc": 60, "random_forest": 100, "mlp": 100}
+    assert "RandomForest" in format_table(result) and "RBF SVC 60" in format_table(result)
 
 
 def test_transfer_to_a_dataset_of_another_size_and_channel_count_with_its_test_split(runs, rgb_npz, tmp_path):
@@ -150,3 +152,16 @@ def test_unlabelled_data_cannot_be_probed(runs, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((20, 8, 8), np.uint8))
     with pytest.raises(DataError, match="needs labels"):
         probe(conv, f"npy:{tmp_path / 'x.npy'}", write=False)
+
+
+def test_a_thread_limit_holds_only_while_probing(runs):
+    conv, _ = runs
+    seen = []
+    original = CLASSIFIERS["logreg"]
+    CLASSIFIERS["logreg"] = lambda seed, n_jobs: (seen.append(torch.get_num_threads()), original(seed, n_jobs))[1]
+    try:
+        probe(conv, "digits", layers=["bottleneck"], classifiers=["logreg"], baselines=[], labels_per_class=[], seeds=[0],
+              train_limit=100, cv_folds=2, threads=2, write=False)
+    finally:
+        CLASSIFIERS["logreg"] = original
+    assert set(seen) == {2} and torch.get_num_threads() == 1  # the module's one thread is back

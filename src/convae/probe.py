@@ -27,13 +27,15 @@ Three stages, so the cost stays within reach of a small CPU:
    each repeated over ``seeds`` (mean and standard deviation); "all labels" comes from stage 1.
 
 ``quick=True`` keeps stage 1 on a middle layer and the bottleneck, logistic regression only,
-100 labels per class with one seed, and 10,000 training images: about a minute on
-Fashion-MNIST on a 2-core CPU. The results go to ``probe.json`` (one record per feature set x
+100 labels per class with one seed, 10,000 training images and one thread: 57 s on
+Fashion-MNIST (ConvAE and FCAE runs, 10,000 test images) on the project's 2-core CPU while
+other jobs shared it; a quick probe left with the default (oversubscribed) threads took 18 minutes. The results go to ``probe.json`` (one record per feature set x
 classifier x label count), ``probe.csv`` and ``probe.md`` in the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -255,14 +257,27 @@ def _score(classifier: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, tes
     return float(model.score(_take(X, test), y[test])), seconds, converged
 
 
+def _stratified_sample(labels: np.ndarray, idx: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A stratified sample of ``n`` of the rows ``idx`` (all of them when there are no more than ``n``)."""
+    if n >= len(idx):
+        return idx
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(idx, train_size=n, stratify=labels[idx], random_state=seed)
+    return np.sort(keep)
+
+
 def _evaluate(fs: FeatureSet, classifier: str, labels: np.ndarray, folds, *, labels_per_class: int | None, seeds, n_jobs,
-              stage: str, protocol: str) -> dict:
+              stage: str, protocol: str, limits: dict[str, int]) -> dict:
     """One record: accuracy averaged over folds, then mean and std over seeds."""
     accuracies, seconds, n_train, converged = [], [], [], True
     for seed in seeds:
         fold_acc = []
         for i, (train, test) in enumerate(folds):
-            rows = train if labels_per_class is None else _per_class_subsample(labels, train, labels_per_class, seed)
+            if labels_per_class is not None:
+                rows = _per_class_subsample(labels, train, labels_per_class, seed)
+            else:
+                rows = _stratified_sample(labels, train, limits.get(classifier, len(train)), seed)
             acc, secs, ok = _score(classifier, fs.matrix(i), labels, rows, test, seed, n_jobs)
             fold_acc.append(acc)
             seconds.append(secs)
@@ -280,10 +295,28 @@ def _evaluate(fs: FeatureSet, classifier: str, labels: np.ndarray, folds, *, lab
 
 
 # --- the harness ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _thread_limit(threads: int | None):
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifiers=None, scan_classifier: str | None = "logreg",
-          baselines=BASELINES, fcae=None, labels_per_class=None, seeds=None, train_limit: int | None = None, cv_folds: int = 5,
+          baselines=BASELINES, fcae=None, labels_per_class=None, seeds=None, train_limit: int | None = None,
+          classifier_limits: dict[str, int] | None = None, cv_folds: int = 5,
           quick: bool = False, batch_size: int = 256, precision: str | None = None, device: str = "auto",
-          n_jobs: int | None = None, out_dir=None, write: bool = True, progress: bool = False) -> ProbeResult:
+          threads: int | None = None, n_jobs: int | None = None, out_dir=None, write: bool = True,
+          progress: bool = False) -> ProbeResult:
     """Probe a run's encoder features with classical classifiers, beside the baselines.
 
     Parameters
@@ -314,8 +347,17 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         Label draws and classifier seeds; default (0, 1, 2), quick: (0,).
     train_limit : int, optional
         Use a stratified sample of this many training images (quick: 10,000).
+    classifier_limits : dict, optional
+        Per classifier, at most this many (stratified) training images, e.g. ``{"rbf_svc": 20000}``
+        for the classifiers whose cost grows faster than the data; the records say how many.
     precision : str, optional
         Extraction precision; None: the run's training precision.
+    threads : int, optional
+        Limit torch and the BLAS/OpenMP pools of numpy and scikit-learn to this many threads
+        while probing (restored afterwards). On a CPU shared with other jobs, 1 is often several
+        times faster than oversubscribed threads. None leaves them as they are (quick: 1).
+    n_jobs : int, optional
+        Processes for the random forest.
     out_dir : str or Path, optional
         Where probe.json, probe.csv and probe.md go (default: the run directory); ``write=False``
         writes nothing.
@@ -325,141 +367,144 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     ProbeResult
         ``records`` (see the module docstring) and ``meta``; :func:`format_table` renders it.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import StratifiedKFold
 
     from .models import build_model
     from .runs import Run, atomic_write_text, load_run
 
-    t_start = time.perf_counter()
-    run = run if isinstance(run, Run) else load_run(run)
-    dev = resolve_device(device)
-    model = run.model.to(dev)
-    prec = run_precision(run, precision, dev)
-    pools = [parse_pool(p) for p in ([pool] if isinstance(pool, str) else pool)]
-    if layers is None and quick:
-        layers = [_middle_layer(model), "bottleneck"]
-    groups = _layer_groups(model, layers)
-    classifiers = list(classifiers) if classifiers is not None else ([scan_classifier or "logreg"] if quick else list(CLASSIFIERS))
-    unknown = [c for c in classifiers + ([scan_classifier] if scan_classifier else []) if c not in CLASSIFIERS]
-    if unknown:
-        raise ConfigError(f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIERS)}")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
-    labels_per_class = list(labels_per_class) if labels_per_class is not None else ([100] if quick else [10, 100, 1000])
-    seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
-    if not seeds:
-        raise ConfigError("seeds must hold at least one seed")
-    train_limit = train_limit if train_limit is not None else (QUICK_TRAIN_LIMIT if quick else None)
+    threads = threads if threads is not None else (1 if quick else None)
+    with _thread_limit(threads):
+        t_start = time.perf_counter()
+        run = run if isinstance(run, Run) else load_run(run)
+        dev = resolve_device(device)
+        model = run.model.to(dev)
+        prec = run_precision(run, precision, dev)
+        pools = [parse_pool(p) for p in ([pool] if isinstance(pool, str) else pool)]
+        if layers is None and quick:
+            layers = [_middle_layer(model), "bottleneck"]
+        groups = _layer_groups(model, layers)
+        classifiers = list(classifiers) if classifiers is not None else ([scan_classifier or "logreg"] if quick else list(CLASSIFIERS))
+        named = classifiers + ([scan_classifier] if scan_classifier else []) + list(classifier_limits or {})
+        unknown = [c for c in named if c not in CLASSIFIERS]
+        if unknown:
+            raise ConfigError(f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIERS)}")
+        unknown = [b for b in baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
+        labels_per_class = list(labels_per_class) if labels_per_class is not None else ([100] if quick else [10, 100, 1000])
+        seeds = list(seeds) if seeds is not None else ([0] if quick else [0, 1, 2])
+        if not seeds:
+            raise ConfigError("seeds must hold at least one seed")
+        train_limit = train_limit if train_limit is not None else (QUICK_TRAIN_LIMIT if quick else None)
 
-    # Images and folds: rows are the training images, then the test images (if any).
-    train_data, test_data = _load_probe_data(run, data, test_data)
-    for d in (train_data, test_data):
-        if d is not None and d.labels is None:
-            raise DataError(f"{d.spec}: the probe needs labels, and this data has none")
-    if train_limit is not None and train_limit < len(train_data):
-        keep, _ = train_test_split(np.arange(len(train_data)), train_size=train_limit, stratify=train_data.labels, random_state=seeds[0])
-        train_data = train_data.subset(np.sort(keep))
-    images = [train_data] + ([test_data] if test_data is not None else [])
-    labels = np.concatenate([np.asarray(d.labels, np.int64) for d in images])
-    n_train = len(train_data)
-    if test_data is not None:
-        folds = [(np.arange(n_train), np.arange(n_train, len(labels)))]
-        protocol = "test split"
-    else:
-        if np.bincount(labels).max(initial=0) < 2:
-            raise DataError("cross-validation needs at least 2 images of some class")
-        n_splits = max(2, min(cv_folds, int(np.bincount(labels)[np.bincount(labels) > 0].min())))
-        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seeds[0])
-        folds = [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros(len(labels)), labels)]
-        protocol = f"{n_splits}-fold CV"
+        # Images and folds: rows are the training images, then the test images (if any).
+        train_data, test_data = _load_probe_data(run, data, test_data)
+        for d in (train_data, test_data):
+            if d is not None and d.labels is None:
+                raise DataError(f"{d.spec}: the probe needs labels, and this data has none")
+        if train_limit is not None and train_limit < len(train_data):
+            train_data = train_data.subset(_stratified_sample(train_data.labels, np.arange(len(train_data)), train_limit, seeds[0]))
+        images = [train_data] + ([test_data] if test_data is not None else [])
+        labels = np.concatenate([np.asarray(d.labels, np.int64) for d in images])
+        n_train = len(train_data)
+        if test_data is not None:
+            folds = [(np.arange(n_train), np.arange(n_train, len(labels)))]
+            protocol = "test split"
+        else:
+            if np.bincount(labels).max(initial=0) < 2:
+                raise DataError("cross-validation needs at least 2 images of some class")
+            n_splits = max(2, min(cv_folds, int(np.bincount(labels)[np.bincount(labels) > 0].min())))
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seeds[0])
+            folds = [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros(len(labels)), labels)]
+            protocol = f"{n_splits}-fold CV"
 
-    # Feature sets.
-    skipped: list[str] = []
-    family = "convae" if model.__class__.__name__ == "ConvAutoencoder" else "fcae"
-    extract = dict(batch_size=batch_size, precision=prec, progress=progress, skipped=skipped)
-    sets = _encoder_sets(family, model, groups, pools, images, **extract)
-    if not sets:
-        raise ConfigError("no feature set fits this model: " + "; ".join(skipped))
-    if "untrained" in baselines:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.config.train.seed)
-            untrained = build_model(run.config.model.kind, run.in_shape, **run.config.model.model_kwargs()).to(dev)
-        sets += _encoder_sets("untrained", untrained, groups, pools, images, **extract)
-    fcae_info = None
-    if "fcae" in baselines and fcae is not None:
-        fcae_run = fcae if isinstance(fcae, Run) else load_run(fcae)
-        fcae_model = fcae_run.model.to(dev)
-        fcae_groups = _layer_groups(fcae_model, [_middle_layer(fcae_model), "bottleneck"] if quick else None)
-        sets += _encoder_sets("fcae", fcae_model, fcae_groups, pools[:1], images,
-                              **{**extract, "precision": run_precision(fcae_run, precision, dev)})
-        fcae_info = {"path": str(fcae_run.path), "weights_sha256": fcae_run.weights_sha256}
-    pixels = _pixel_matrix(images) if ("raw" in baselines or "pca" in baselines) else None
-    if "raw" in baselines:
-        sets.append(FeatureSet("raw", "pixels", "-", pixels.shape[1], lambda fold: pixels))
-    if "pca" in baselines:
-        sets += _pca_sets(pixels, [s.dim for s in sets if s.family in ("convae", "fcae")], folds, seeds[0])
-    t_features = time.perf_counter() - t_start
+        # Feature sets.
+        skipped: list[str] = []
+        family = "convae" if model.__class__.__name__ == "ConvAutoencoder" else "fcae"
+        extract = dict(batch_size=batch_size, precision=prec, progress=progress, skipped=skipped)
+        sets = _encoder_sets(family, model, groups, pools, images, **extract)
+        if not sets:
+            raise ConfigError("no feature set fits this model: " + "; ".join(skipped))
+        if "untrained" in baselines:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(run.config.train.seed)
+                untrained = build_model(run.config.model.kind, run.in_shape, **run.config.model.model_kwargs()).to(dev)
+            sets += _encoder_sets("untrained", untrained, groups, pools, images, **extract)
+        fcae_info = None
+        if "fcae" in baselines and fcae is not None:
+            fcae_run = fcae if isinstance(fcae, Run) else load_run(fcae)
+            fcae_model = fcae_run.model.to(dev)
+            fcae_groups = _layer_groups(fcae_model, [_middle_layer(fcae_model), "bottleneck"] if quick else None)
+            sets += _encoder_sets("fcae", fcae_model, fcae_groups, pools[:1], images,
+                                  **{**extract, "precision": run_precision(fcae_run, precision, dev)})
+            fcae_info = {"path": str(fcae_run.path), "weights_sha256": fcae_run.weights_sha256}
+        pixels = _pixel_matrix(images) if ("raw" in baselines or "pca" in baselines) else None
+        if "raw" in baselines:
+            sets.append(FeatureSet("raw", "pixels", "-", pixels.shape[1], lambda fold: pixels))
+        if "pca" in baselines:
+            sets += _pca_sets(pixels, [s.dim for s in sets if s.family in ("convae", "fcae")], folds, seeds[0])
+        t_features = time.perf_counter() - t_start
 
-    # Stage 1: the layer scan (every classifier on every set when scan_classifier is None).
-    common = dict(labels=labels, folds=folds, n_jobs=n_jobs, protocol=protocol)
-    records: list[dict] = []
-    scan = [scan_classifier] if scan_classifier else classifiers
-    by_set: dict[str, dict[str, dict]] = {}
-    for fs in sets:
-        for clf in scan:
-            record = _evaluate(fs, clf, labels_per_class=None, seeds=seeds[:1], stage="layers", **common)
-            records.append(record)
-            by_set.setdefault(fs.name, {})[clf] = record
-            logger.info("%s %s: %.4f", fs.name, clf, record["accuracy"])
-
-    # The best scanned set of each encoder family, and the pixel baselines beside them.
-    first = scan[0]
-    best: list[FeatureSet] = []
-    for fam in (family, "untrained", "fcae"):
-        candidates = [fs for fs in sets if fs.family == fam]
-        if candidates:
-            best.append(max(candidates, key=lambda fs: by_set[fs.name][first]["accuracy"]))
-    best += [fs for fs in sets if fs.family == "raw"]
-    if best and best[0].family == family:
-        pca = [fs for fs in sets if fs.family == "pca"]
-        if pca:
-            best.append(min(pca, key=lambda fs: abs(fs.dim - best[0].dim)))
-
-    # Stage 2: every classifier on the best sets.
-    for fs in best:
-        for clf in classifiers:
-            if clf not in by_set.get(fs.name, {}):
-                record = _evaluate(fs, clf, labels_per_class=None, seeds=seeds[:1], stage="classifiers", **common)
+        # Stage 1: the layer scan (every classifier on every set when scan_classifier is None).
+        limits = dict(classifier_limits or {})
+        common = dict(labels=labels, folds=folds, n_jobs=n_jobs, protocol=protocol, limits=limits)
+        records: list[dict] = []
+        scan = [scan_classifier] if scan_classifier else classifiers
+        by_set: dict[str, dict[str, dict]] = {}
+        for fs in sets:
+            for clf in scan:
+                record = _evaluate(fs, clf, labels_per_class=None, seeds=seeds[:1], stage="layers", **common)
                 records.append(record)
-                by_set[fs.name][clf] = record
+                by_set.setdefault(fs.name, {})[clf] = record
+                logger.info("%s %s: %.4f", fs.name, clf, record["accuracy"])
 
-    # Stage 3: label efficiency on the best sets.
-    train_counts = [np.bincount(labels[train]) for train, _ in folds]
-    counts = [k for k in labels_per_class if any((c > k).any() for c in train_counts)]
-    for fs in best:
-        for k in counts:
-            records.append(_evaluate(fs, first, labels_per_class=k, seeds=seeds, stage="labels", **common))
+        # The best scanned set of each encoder family, and the pixel baselines beside them.
+        first = scan[0]
+        best: list[FeatureSet] = []
+        for fam in (family, "untrained", "fcae"):
+            candidates = [fs for fs in sets if fs.family == fam]
+            if candidates:
+                best.append(max(candidates, key=lambda fs: by_set[fs.name][first]["accuracy"]))
+        best += [fs for fs in sets if fs.family == "raw"]
+        if best and best[0].family == family:
+            pca = [fs for fs in sets if fs.family == "pca"]
+            if pca:
+                best.append(min(pca, key=lambda fs: abs(fs.dim - best[0].dim)))
 
-    meta = {
-        "run": str(run.path), "weights_sha256": run.weights_sha256, "model_kind": run.config.model.kind,
-        "in_shape": list(run.in_shape), "data": getattr(train_data, "spec", "array"), "protocol": protocol,
-        "n_train": n_train, "n_test": len(labels) - n_train if test_data is not None else None, "n_images": len(labels),
-        "train_limit": train_limit, "classifiers": classifiers, "scan_classifier": scan_classifier,
-        "pools": [p.spec for p in pools], "layers": ["+".join(g) for g in groups], "labels_per_class": counts,
-        "seeds": seeds, "baselines": list(baselines), "fcae": fcae_info, "best": [fs.name for fs in best],
-        "precision": prec, "quick": quick, "skipped": skipped, "feature_seconds": round(t_features, 2),
-        "seconds": round(time.perf_counter() - t_start, 2),
-        "classifier_settings": {name: repr(factory(0, n_jobs)) for name, factory in CLASSIFIERS.items() if name in set(classifiers) | set(scan)},
-    }
-    result = ProbeResult(records, meta)
-    if write:
-        out = Path(out_dir) if out_dir is not None else Path(run.path)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "probe.json", json.dumps(result.to_dict(), indent=2) + "\n")
-        atomic_write_text(out / "probe.csv", records_csv(records))
-        atomic_write_text(out / "probe.md", format_table(result) + "\n")
-    return result
+        # Stage 2: every classifier on the best sets.
+        for fs in best:
+            for clf in classifiers:
+                if clf not in by_set.get(fs.name, {}):
+                    record = _evaluate(fs, clf, labels_per_class=None, seeds=seeds[:1], stage="classifiers", **common)
+                    records.append(record)
+                    by_set[fs.name][clf] = record
+
+        # Stage 3: label efficiency on the best sets.
+        train_counts = [np.bincount(labels[train]) for train, _ in folds]
+        counts = [k for k in labels_per_class if any((c > k).any() for c in train_counts)]
+        for fs in best:
+            for k in counts:
+                records.append(_evaluate(fs, first, labels_per_class=k, seeds=seeds, stage="labels", **common))
+
+        meta = {
+            "run": str(run.path), "weights_sha256": run.weights_sha256, "model_kind": run.config.model.kind,
+            "in_shape": list(run.in_shape), "data": getattr(train_data, "spec", "array"), "protocol": protocol,
+            "n_train": n_train, "n_test": len(labels) - n_train if test_data is not None else None, "n_images": len(labels),
+            "train_limit": train_limit, "classifier_limits": limits, "classifiers": classifiers, "scan_classifier": scan_classifier,
+            "pools": [p.spec for p in pools], "layers": ["+".join(g) for g in groups], "labels_per_class": counts,
+            "seeds": seeds, "baselines": list(baselines), "fcae": fcae_info, "best": [fs.name for fs in best],
+            "precision": prec, "threads": threads, "quick": quick, "skipped": skipped, "feature_seconds": round(t_features, 2),
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "classifier_settings": {name: repr(factory(0, n_jobs)) for name, factory in CLASSIFIERS.items() if name in set(classifiers) | set(scan)},
+        }
+        result = ProbeResult(records, meta)
+        if write:
+            out = Path(out_dir) if out_dir is not None else Path(run.path)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "probe.json", json.dumps(result.to_dict(), indent=2) + "\n")
+            atomic_write_text(out / "probe.csv", records_csv(records))
+            atomic_write_text(out / "probe.md", format_table(result) + "\n")
+        return result
 
 
 # --- output ------------------------------------------------------------------------------------------------
@@ -531,6 +576,10 @@ def format_table(results) -> str:
         body = [[name, str(dims[name])] + [_pct(cell.get((name, c))) for c in classifiers] for name in best]
         lines += ["Every classifier on each family's best layer (by the per-layer scan)", ""]
         lines += _md(["feature set", "dim"] + [CLASSIFIER_TITLES[c] for c in classifiers], body) + [""]
+        limited = {c: n for c, n in (meta.get("classifier_limits") or {}).items() if c in classifiers and n < meta["n_train"]}
+        if limited:
+            lines += ["Fitted on a stratified sample of the training images: "
+                      + ", ".join(f"{CLASSIFIER_TITLES[c]} {n:,}" for c, n in limited.items()) + ".", ""]
 
     # 3. label efficiency.
     counts = meta.get("labels_per_class", [])
