@@ -1,0 +1,194 @@
+"""Shared pieces of the benchmarks: the machine record, timers, the matmul peak, the data.
+
+Every timing records two clocks: wall time (what a user waits for) and this process's CPU time
+(user + system of all its threads). On a machine shared with other work the wall clock stretches
+with the load while CPU time stays close to what the same work costs on an idle core, so the
+tables show both; ratios are always taken between measurements interleaved in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+# --- the machine ----------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: CPU, cores, memory, library versions, load, niceness."""
+    import sklearn
+
+    flags = _cpu_flags()
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        mem_gib = None
+    from convae.training import cpu_has_fast_bf16
+
+    return {
+        "cpu": _cpu_model(),
+        "cores_online": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
+        "fast_bf16": cpu_has_fast_bf16(),
+        "memory_gib": mem_gib,
+        "torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
+        "python": platform.python_version(),
+        "torch_threads_default": torch.get_num_threads(),
+        "parallel": next((l.strip() for l in torch.__config__.parallel_info().splitlines() if "parallel backend" in l), ""),
+        "nice": os.nice(0),
+        "load_average_start": load_average(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "argv": sys.argv,
+    }
+
+
+# --- timing ----------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+@contextmanager
+def timed():
+    """``with timed() as t: ...`` fills ``t.wall`` and ``t.cpu`` (this process's CPU seconds)."""
+    t = Timing()
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield t
+    finally:
+        t.wall, t.cpu = time.perf_counter() - w0, time.process_time() - c0
+
+
+def median(values) -> float:
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def rate_summary(count: int, timings: list[Timing]) -> dict:
+    """Images/s per repeat (wall and CPU clocks) and their medians."""
+    wall = [count / t.wall for t in timings]
+    cpu = [count / t.cpu for t in timings]
+    return {"images": count, "wall_img_s": [round(v, 1) for v in wall], "cpu_img_s": [round(v, 1) for v in cpu],
+            "median_wall_img_s": round(median(wall), 1), "median_cpu_img_s": round(median(cpu), 1)}
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run a block with ``torch.set_num_threads(n)`` (None: leave as is), restoring it after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- the matmul peak -----------------------------------------------------------------------------------------
+def gemm_peak(dtype: torch.dtype, *, sizes=(1024, 2048), seconds: float = 1.5) -> dict:
+    """Best FLOP/s of one large square ``torch.matmul`` in ``dtype`` at the current thread count.
+
+    Best over the sizes tried, on both clocks. 2*n^3 FLOPs per product.
+    """
+    best = {"wall_gflops": 0.0, "cpu_gflops": 0.0, "n": None}
+    for n in sizes:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        for _ in range(2):
+            torch.matmul(a, b)
+        reps = 0
+        with timed() as t:
+            w0 = time.perf_counter()
+            while time.perf_counter() - w0 < seconds:
+                torch.matmul(a, b)
+                reps += 1
+        flops = 2 * n**3 * reps
+        wall, cpu = flops / t.wall / 1e9, flops / max(t.cpu, 1e-9) / 1e9
+        if wall > best["wall_gflops"]:
+            best.update(wall_gflops=round(wall, 1), n=n)
+        best["cpu_gflops"] = round(max(best["cpu_gflops"], cpu), 1)
+    return best
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+_CACHE: dict = {}
+
+
+def fashion(split: str = "train"):
+    """Fashion-MNIST as convae loads it (ImageDataset, uint8 N×1×28×28), cached for the run."""
+    if split not in _CACHE:
+        from convae.data import load_dataset
+
+        _CACHE[split] = load_dataset("fashion-mnist", split)
+    return _CACHE[split]
+
+
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N×C×28×28 -> uint8 N×C×size×size (bilinear), for the image-size scaling rows."""
+    if images.shape[-1] == size:
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB since the last :func:`reset_peak_rss`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,176 @@
+"""Training speed: convae's trainer against a tutorial-style PyTorch loop, and the roofline.
+
+The reference is written the way tutorials write it: fp32, contiguous (NCHW) tensors, a
+``Dataset`` whose ``__getitem__`` turns one uint8 image into a float tensor (what
+``transforms.ToTensor()`` does), a shuffling ``DataLoader`` with its default single process,
+``optimizer.zero_grad()``, ``nn.MSELoss`` on the sigmoid output, ``loss.item()`` every step, and
+PyTorch's default thread settings. It trains the same architecture (``ConvAutoencoder`` with
+convae's defaults), with the same optimizer (Adam, lr 1e-3) and batch size (128).
+
+convae's side is ``convae.training.train_model`` with a default ``TrainConfig`` (one epoch,
+no validation, no checkpoint): bf16 autocast where the CPU runs it natively, channels_last,
+batches indexed from the in-memory uint8 tensor. ``convae_fp32`` is the same with
+``precision="fp32"``, to split the gain between the data path and the precision.
+
+Trials alternate (reference, convae, convae_fp32, reference, ...), each on the same images,
+``repeats`` times; the tables give medians and their ratios.
+
+Roofline convention: FLOPs per training image = 3 x the forward FLOPs that
+``ConvAutoencoder.flops_per_image()`` counts (2 x multiply-accumulates of every conv, transposed
+conv and linear layer; backward = grad of inputs + grad of weights = 2 x forward; the first conv
+needs no input gradient, so this overcounts by 0.4%). Elementwise ops, pooling and the optimizer
+are not counted. Achieved FLOP/s divided by the best large ``torch.matmul`` FLOP/s in the same
+precision, measured in the same run at the same thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from _common import fashion, gemm_peak, median, rate_summary, threads, timed
+
+BATCH = 128
+
+
+# --- the reference loop (tutorial style) ------------------------------------------------------------------------
+class OneImageAtATime(Dataset):
+    """A map-style dataset returning one (1, 28, 28) float image in [0, 1] per index."""
+
+    def __init__(self, images: np.ndarray):  # (N, 28, 28) uint8
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.images[i]).float().div(255).unsqueeze(0)
+
+
+def reference_epoch(images: np.ndarray, seed: int = 0) -> None:
+    from convae import ConvAutoencoder
+
+    torch.manual_seed(seed)
+    model = ConvAutoencoder((1, 28, 28))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.MSELoss()
+    loader = DataLoader(OneImageAtATime(images), batch_size=BATCH, shuffle=True)
+    model.train()
+    running_loss = 0.0
+    for x in loader:
+        optimizer.zero_grad()
+        output = model(x)
+        loss = criterion(output, x)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()
+
+
+# --- convae's trainer -------------------------------------------------------------------------------------------
+def convae_epoch(images: torch.Tensor, seed: int = 0, **overrides) -> None:
+    from convae import ConvAutoencoder
+    from convae.config import TrainConfig
+    from convae.training import train_model
+
+    torch.manual_seed(seed)
+    model = ConvAutoencoder((1, 28, 28))
+    cfg = TrainConfig(epochs=1, seed=seed, **overrides)
+    train_model(model, images, cfg, progress=False)
+
+
+def _quiet():
+    logging.getLogger("convae").setLevel(logging.WARNING)
+
+
+def compare(n_images: int, repeats: int, thread_count: int | None) -> dict:
+    """Alternating trials of the three loops at ``thread_count`` (None: PyTorch's default)."""
+    _quiet()
+    data = fashion("train").images[:n_images]  # (N, 1, 28, 28) uint8
+    as_numpy = data[:, 0].numpy()
+    loops = {
+        "reference": lambda: reference_epoch(as_numpy),
+        "convae": lambda: convae_epoch(data),
+        "convae_fp32": lambda: convae_epoch(data, precision="fp32"),
+    }
+    timings: dict[str, list] = {name: [] for name in loops}
+    with threads(thread_count):
+        used = torch.get_num_threads()
+        warm = as_numpy[: 4 * BATCH]
+        reference_epoch(warm)
+        convae_epoch(data[: 4 * BATCH])
+        convae_epoch(data[: 4 * BATCH], precision="fp32")
+        peaks_before = {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
+        for _ in range(repeats):
+            for name, run in loops.items():
+                with timed() as t:
+                    run()
+                timings[name].append(t)
+        peaks_after = {"bf16": gemm_peak(torch.bfloat16), "fp32": gemm_peak(torch.float32)}
+    rates = {name: rate_summary(n_images, ts) for name, ts in timings.items()}
+    ratios = {}
+    for clock in ("wall", "cpu"):
+        per_repeat = [c / r for c, r in zip(rates["convae"][f"{clock}_img_s"], rates["reference"][f"{clock}_img_s"])]
+        ratios[f"convae_over_reference_{clock}"] = round(rates["convae"][f"median_{clock}_img_s"] / rates["reference"][f"median_{clock}_img_s"], 2)
+        ratios[f"convae_over_reference_{clock}_per_repeat"] = [round(v, 2) for v in per_repeat]
+        ratios[f"convae_fp32_over_reference_{clock}"] = round(rates["convae_fp32"][f"median_{clock}_img_s"] / rates["reference"][f"median_{clock}_img_s"], 2)
+    peaks = {p: {clock: max(peaks_before[p][f"{clock}_gflops"], peaks_after[p][f"{clock}_gflops"]) for clock in ("wall", "cpu")}
+             for p in ("bf16", "fp32")}
+    return {"threads": used, "n_images": n_images, "repeats": repeats, "batch_size": BATCH, "rates": rates, "ratios": ratios,
+            "gemm_peak_gflops": peaks, "gemm_peak_samples": {"before": peaks_before, "after": peaks_after},
+            "roofline": roofline(rates, peaks)}
+
+
+def roofline(rates: dict, peaks: dict) -> dict:
+    from convae import ConvAutoencoder
+    from convae.training import resolve_device, resolve_precision
+
+    forward = ConvAutoencoder((1, 28, 28)).flops_per_image()
+    per_image = 3 * forward
+    convae_precision = resolve_precision("auto", resolve_device("auto"))
+    out = {"forward_flops_per_image": forward, "training_flops_per_image": per_image, "convention": "training = 3 x forward",
+           "convae_precision": convae_precision}
+    for name, precision in (("convae", convae_precision), ("convae_fp32", "fp32"), ("reference", "fp32")):
+        for clock in ("wall", "cpu"):
+            gflops = rates[name][f"median_{clock}_img_s"] * per_image / 1e9
+            out[f"{name}_{clock}_gflops"] = round(gflops, 1)
+            out[f"{name}_{clock}_fraction_of_{precision}_peak"] = round(gflops / peaks[precision][clock], 3)
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    """Both thread settings: PyTorch's default (what the target is about) and one thread."""
+    n, repeats = (1024, 2) if quick else (2560, 5)
+    return {"default_threads": compare(n, repeats, None), "one_thread": compare(n, repeats, 1)}
+
+
+def table(result: dict) -> list[str]:
+    rows = ["| threads | loop | img/s wall (median) | img/s per CPU-second (median) | vs reference (wall / CPU) | share of matmul peak (wall / CPU) |",
+            "|---|---|---:|---:|---:|---:|"]
+    for key, block in result.items():
+        roof = block["roofline"]
+        for name in ("reference", "convae_fp32", "convae"):
+            r = block["rates"][name]
+            if name == "reference":
+                vs = "1.00"
+            else:
+                vs = f"{block['ratios'][f'{name}_over_reference_wall']:.2f} / {block['ratios'][f'{name}_over_reference_cpu']:.2f}"
+            precision = roof["convae_precision"] if name == "convae" else "fp32"
+            share = (f"{100 * roof[f'{name}_wall_fraction_of_{precision}_peak']:.1f}% / "
+                     f"{100 * roof[f'{name}_cpu_fraction_of_{precision}_peak']:.1f}% of {precision}")
+            rows.append(f"| {block['threads']} | {name} ({precision}) | {r['median_wall_img_s']:.0f} | {r['median_cpu_img_s']:.0f} | {vs} | {share} |")
+    return rows
+
+
+def peaks_table(result: dict) -> list[str]:
+    rows = ["| threads | bf16 matmul GFLOP/s (wall / CPU) | fp32 matmul GFLOP/s (wall / CPU) |", "|---|---:|---:|"]
+    for block in result.values():
+        p = block["gemm_peak_gflops"]
+        rows.append(f"| {block['threads']} | {p['bf16']['wall']:.0f} / {p['bf16']['cpu']:.0f} | {p['fp32']['wall']:.0f} / {p['fp32']['cpu']:.0f} |")
+    return rows
+
+
+__all__ = ["run", "table", "peaks_table", "reference_epoch", "convae_epoch", "median"]
