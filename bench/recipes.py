@@ -229,7 +229,9 @@ def table() -> str:
         "Train time is wall time on the shared 2-core machine (load average at start shown); "
         "*full* rows use all 60,000/10,000 images, *screen* rows fewer (columns *AE imgs* and *probe*).",
         "", "Regenerate: `python bench/recipes.py --table`; rows come from `python bench/recipes.py configs/NAME.toml "
-        "[--tag screen --train-limit N --probe-limit N]`.", "",
+        "[--tag screen --train-limit N --probe-limit N]`. Test MSE is the eval-mode reconstruction; for winner-take-all "
+        "recipes trained before `test_mse_wta` was recorded that is the dense code, which their decoder never saw, so "
+        "their MSE says little (it is still in the correlation below).", "",
         "| recipe | tag | AE imgs | epochs | train s | img/s | load | probe train/test | test MSE | best features | post | "
         "trained acc | untrained acc | gain |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
