@@ -1,7 +1,8 @@
 """The report in a real browser: headless Chromium renders it with no console error, every image loads, and a
 screenshot is saved.
 
-Also a small tool: ``python tests/test_browser.py REPORT.html OUT.png`` screenshots any report (docs/report.png).
+Also a small tool: ``python tests/test_browser.py REPORT.html OUT.png`` checks any report the same way and saves a
+256-colour screenshot of its top (docs/report.png).
 """
 
 import json
@@ -107,9 +108,17 @@ def test_report_renders_in_chromium_without_errors(tmp_path_factory):
     print(f"screenshot: {png}")
 
 
-if __name__ == "__main__":  # python tests/test_browser.py REPORT.html OUT.png [HEIGHT]
+if __name__ == "__main__":  # python tests/test_browser.py REPORT.html OUT.png [WIDTH HEIGHT]: check, then a 256-colour screenshot
+    from PIL import Image
+
     if CHROMIUM is None:
         sys.exit("headless Chromium is not installed")
-    seen, log = check_page(Path(sys.argv[1]))
+    report, out = Path(sys.argv[1]), Path(sys.argv[2])
+    width, height = (int(v) for v in sys.argv[3:5]) if len(sys.argv) > 4 else (1024, 2300)
+    seen, log = check_page(report)
     print(json.dumps({k: v for k, v in seen.items() if k != "sizes"}), *console_errors(log), sep="\n")
-    print(screenshot(Path(sys.argv[1]), Path(sys.argv[2]), height=int(sys.argv[3]) if len(sys.argv) > 3 else 2400))
+    screenshot(report, out, width, height)
+    with Image.open(out) as image:
+        compact = image.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    compact.save(out, optimize=True)
+    print(out)

@@ -248,5 +248,5 @@ def format_compare(result: dict) -> str:
         lines += _md(["model", "images", "train MSE", "test MSE", "test/train", "probe acc. (%)"], rows) + [""]
     secs = meta.get("seconds", {})
     if secs:
-        lines.append("Took " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ".")
+        lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ".")
     return "\n".join(lines).rstrip()

@@ -40,7 +40,8 @@ def mosaic(tiles, pad: int = 1, fill: float = 1.0) -> np.ndarray:
 def mosaic_axes(ax, tiles, title: str | None = None, *, row_labels=None, col_labels=None, cmap: str = "gray") -> None:
     """Draw (R, K, C, h, w) tiles as one image on ``ax``, with optional row and column labels."""
     r, k, _, h, w = tuple(torch.as_tensor(tiles).shape)
-    ax.imshow(mosaic(tiles), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    # colour-mapped tiles are separated by NaN, which imshow leaves blank; gray ones by white
+    ax.imshow(mosaic(tiles, fill=1.0 if cmap == "gray" else float("nan")), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks([i * (h + 1) + (h - 1) / 2 for i in range(r)], row_labels or [""] * r, fontsize=7)
     ax.set_xticks([j * (w + 1) + (w - 1) / 2 for j in range(k)], col_labels or [""] * k, fontsize=7)
     ax.tick_params(length=0)

@@ -165,15 +165,19 @@ def plot_probe(result: dict) -> Figure | None:
         if "+" not in r["layers"]:  # single layers only: depth is their position
             by_family.setdefault(r["family"], []).append(r)
     for family, rs in by_family.items():
-        names = sorted({r["layers"] for r in rs}, key=_depth)  # this model's layers, shallow to deep
+        deepest = max((_depth(r["layers"])[1] for r in rs), default=0)
+
+        def position(layer: str) -> int:  # stageK / hiddenK at K, the bottleneck after the deepest of them
+            return deepest + 1 if layer == "bottleneck" else _depth(layer)[1]
+
         pools = sorted({r["pool"] for r in rs if r["pool"] != "-"}) or ["-"]
         for pool in pools:  # one line per pooling; vector layers (pool "-") join every line
             line = sorted((r for r in rs if r["pool"] in (pool, "-")), key=lambda r: _depth(r["layers"]))
-            xs = [names.index(r["layers"]) + 1 for r in line]
+            xs = [position(r["layers"]) for r in line]
             axes[0].plot(xs, [100 * r["accuracy"] for r in line], "o-", label=family + ("" if pool == "-" else f" ({pool})"))
             for x, r in zip(xs, line):
                 axes[0].annotate(r["layers"], (x, 100 * r["accuracy"]), fontsize=6, textcoords="offset points", xytext=(0, 4), ha="center")
-    axes[0].set_xlabel("depth (layer number within its model)")
+    axes[0].set_xlabel("depth (stage / hidden layer number; the bottleneck last)")
     axes[0].xaxis.get_major_locator().set_params(integer=True)
     for r in records:
         if r["stage"] == "layers" and r["classifier"] == scan and r["family"] == "raw":
@@ -233,7 +237,8 @@ def _recon_metrics(runs: dict[str, Run], dataset, limit: int = 2000) -> str:
         test = evaluate(run.model, dataset, idx, precision="fp32", device=torch.device("cpu"))
         rows.append([name, f"{run.model.parameter_counts()['total']:,}", last.get("epoch", ""),
                      f"{last['val_mse']:.5f}" if "val_mse" in last else "", f"{test['mse']:.5f}", f"{test['psnr']:.2f}", f"{test['ssim']:.4f}"])
-    return table_html(["model", "parameters", "epochs", "validation MSE", f"MSE ({len(idx):,} shown-split images)", "PSNR (dB)", "SSIM"], rows)
+    where = f"{len(idx):,} {dataset.split}-split images"
+    return table_html(["model", "parameters", "epochs", "validation MSE", f"MSE ({where})", f"PSNR, dB ({where})", f"SSIM ({where})"], rows)
 
 
 def _compare_section(directory) -> str:
