@@ -51,9 +51,14 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
         results[kind] = {"run_dir": str(root / kind), "parameters": result.model.parameter_counts()["total"],
                          "train_seconds": round(sum(r["seconds"] for r in result.history), 2), "precision": result.precision,
                          **{f"{eval_name}_{k}": v for k, v in metrics.items()}}
+    # The per-layer linear probe: ConvAE, FCAE, the untrained encoder and raw pixels side by side.
+    from .probe import format_table, probe
+
+    logger.info("probing the ConvAE's layers beside the FCAE, the untrained encoder and raw pixels")
+    probed = probe(root / "conv", data, fcae=root / "dense", quick=True, progress=progress)
     report = write_demo_report(root / "conv", root / "dense")
     return {"data": data, "epochs": epochs, "n_train": len(train_data), "eval_split": eval_name, "root": str(root), "models": results,
-            "report": str(report)}
+            "probe_table": format_table(probed), "report": str(report)}
 
 
 def write_demo_report(conv_run: Path, dense_run: Path) -> Path:
@@ -78,6 +83,8 @@ def format_demo(result: dict) -> str:
     lines += [f"{name:<{width}}{a:>14}{b:>14}" for name, a, b in rows]
     lines += ["", f"runs: {conv['run_dir']}  (ConvAE)", f"      {dense['run_dir']}  (FCAE)",
               f"inspect one with: convae inspect {conv['run_dir']}"]
+    if result.get("probe_table"):
+        lines += ["", result["probe_table"]]
     if result.get("report"):
         lines += ["", f"report: {result['report']}"]
     return "\n".join(lines)
