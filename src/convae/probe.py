@@ -478,6 +478,7 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
                     record = _evaluate(fs, clf, labels_per_class=None, seeds=seeds[:1], stage="classifiers", **common)
                     records.append(record)
                     by_set[fs.name][clf] = record
+                    logger.info("%s %s: %.4f (%.0f s)", fs.name, clf, record["accuracy"], record["fit_seconds"])
 
         # Stage 3: label efficiency on the best sets.
         train_counts = [np.bincount(labels[train]) for train, _ in folds]
@@ -485,6 +486,7 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         for fs in best:
             for k in counts:
                 records.append(_evaluate(fs, first, labels_per_class=k, seeds=seeds, stage="labels", **common))
+                logger.info("%s %s, %d labels per class: %.4f", fs.name, first, k, records[-1]["accuracy"])
 
         meta = {
             "run": str(run.path), "weights_sha256": run.weights_sha256, "model_kind": run.config.model.kind,
