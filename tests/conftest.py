@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("CONVAE_NO_DOWNLOAD", "1")
 torch.set_num_threads(2)
@@ -23,3 +24,13 @@ def blobs_npz(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "blobs.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny problems run as fast on one thread, and one thread does not stall on a shared, oversubscribed CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
+        yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from convae import features
 from convae.config import RunConfig, apply_overrides
@@ -19,14 +18,7 @@ from convae.models import ConvAutoencoder, DenseAutoencoder
 from convae.runs import load_run
 from convae.training import train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems run as fast on one thread, and one thread does not stall on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 POOLS = ["avg", "max", "avg2", "max3", "spp:1,2", "flatten"]

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from convae.config import RunConfig, apply_overrides
 from convae.errors import ConfigError, DataError
@@ -18,14 +17,7 @@ RECORD_KEYS = {"feature_set", "family", "layers", "pool", "dim", "classifier", "
                "stage", "seeds", "accuracy", "accuracy_std", "accuracies", "fit_seconds", "converged"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems run as fast on one thread, and one thread does not stall on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(path, *overrides):

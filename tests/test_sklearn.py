@@ -5,7 +5,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 from PIL import Image
 from sklearn.base import clone
 from sklearn.datasets import load_digits
@@ -23,14 +22,7 @@ from convae.runs import load_run
 from convae.sklearn import ConvAEFeatures, DenseAEFeatures, EncoderFeatures
 from convae.training import train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems run as fast on one thread, and one thread does not stall on a shared, oversubscribed CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY_CONV = dict(channels=(4, 8), latent_dim=6, epochs=1, batch_size=32, precision="fp32", device="cpu")
