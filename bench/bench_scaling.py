@@ -33,7 +33,7 @@ def epoch(images: torch.Tensor) -> dict:
 
 
 def run(quick: bool = False, thread_count: int | None = None) -> dict:
-    logging.getLogger("convae").setLevel(logging.WARNING)
+    logging.getLogger("convae").setLevel(logging.ERROR)  # the busy-CPU warning would repeat every trial
     data = fashion("train").images
     sizes = (1_000, 4_000) if quick else (1_000, 10_000, 60_000)
     n_resized = 500 if quick else 2_000

@@ -83,7 +83,7 @@ def convae_epoch(images: torch.Tensor, seed: int = 0, **overrides) -> None:
 
 
 def _quiet():
-    logging.getLogger("convae").setLevel(logging.WARNING)
+    logging.getLogger("convae").setLevel(logging.ERROR)  # the busy-CPU warning would repeat every trial
 
 
 def compare(n_images: int, repeats: int, thread_count: int | None) -> dict:

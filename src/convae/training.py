@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,22 @@ def autocast(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def warn_if_cpu_busy() -> None:
+    """Log when other processes keep every core busy: torch's threads then wait for each other at each op.
+
+    On the shared 2-core machine of docs/BENCHMARKS.md, 2 threads trained 20x slower than 1 there.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    if threads > 1 and load > cores:
+        logger.warning("the CPU is busy (load average %.1f on %d cores): %d torch threads wait for each other at every op, "
+                       "which can be many times slower than train.threads=1 (--threads 1); see docs/BENCHMARKS.md", load, cores, threads)
 
 
 def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -211,6 +228,8 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif device.type == "cpu":
+        warn_if_cpu_busy()
     train_idx = np.arange(len(data)) if train_indices is None else np.asarray(train_indices)
     if len(train_idx) == 0:
         raise ConfigError("no training images")
