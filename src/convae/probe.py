@@ -27,9 +27,9 @@ Three stages, so the cost stays within reach of a small CPU:
    each repeated over ``seeds`` (mean and standard deviation); "all labels" comes from stage 1.
 
 ``quick=True`` keeps stage 1 on a middle layer and the bottleneck, logistic regression only,
-100 labels per class with one seed, 10,000 training images and one thread: 57 s on
-Fashion-MNIST (ConvAE and FCAE runs, 10,000 test images) on the project's 2-core CPU while
-other jobs shared it; a quick probe left with the default (oversubscribed) threads took 18 minutes. The results go to ``probe.json`` (one record per feature set x
+100 labels per class with one seed, 10,000 training images and one thread: on Fashion-MNIST
+(ConvAE and FCAE runs, 10,000 test images) 21 s on the project's idle 2-core CPU and 57 s while
+other jobs shared it; left with the default threads on the shared CPU it took 18 minutes. The results go to ``probe.json`` (one record per feature set x
 classifier x label count), ``probe.csv`` and ``probe.md`` in the run directory.
 """
 
