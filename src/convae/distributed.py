@@ -290,22 +290,9 @@ def extract_to_npy_sharded(run_or_path, data, out_path: str | Path, *, layers="b
                 _assemble(out, part_dir, n, width, ctx.world_size)
             finally:
                 shutil.rmtree(part_dir, ignore_errors=True)
-            if data.labels is not None:
-                features._save_npy_atomic(labels_path, np.asarray(data.labels, dtype=np.int64))
-            else:
-                labels_path.unlink(missing_ok=True)
-            sidecar = {
-                "format": "convae-features", "format_version": features.FEATURES_FORMAT,
-                "features": out.name, "labels": labels_path.name if data.labels is not None else None,
-                "shape": [n, width], "dtype": "float32",
-                "run": str(Path(run.path).resolve()), "weights_sha256": run.weights_sha256, "in_shape": list(run.in_shape),
-                "layers": names, "layer_features": dict(layout), "pool": pooling.spec,
-                "data": {"spec": getattr(data, "spec", "array"), "split": getattr(data, "split", split), "n_images": n,
-                         "class_names": list(data.class_names) if data.class_names else None},
-                "precision": prec, "batch_size": batch_size, "seconds": round(time.perf_counter() - t0, 3),
-                "world_size": ctx.world_size,
-            }
-            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
+            sidecar = features.write_labels_and_sidecar(out, labels_path, sidecar_path, data, run=run, n=n, width=width, names=names,
+                                                        layout=layout, pooling=pooling, split=split, precision=prec,
+                                                        batch_size=batch_size, t0=t0, world_size=ctx.world_size)
             logger.info("wrote %s (%d x %d) from %d processes in %.1f s", out, n, width, ctx.world_size, sidecar["seconds"])
         return broadcast_object(sidecar, ctx)
 

@@ -315,7 +315,7 @@ def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottlenec
     ImageDataset or an N×C×H×W tensor; ``None`` means the run's own dataset. ``precision``:
     None uses the run's training precision (resolved for this machine).
     """
-    from .runs import Run, atomic_write_text, load_run
+    from .runs import Run, load_run
 
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     model = run.model
@@ -349,6 +349,16 @@ def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottlenec
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    sidecar = write_labels_and_sidecar(out, labels_path, sidecar_path, data, run=run, n=n, width=width, names=names, layout=layout,
+                                       pooling=pooling, split=split, precision=prec, batch_size=batch_size, t0=t0)
+    logger.info("wrote %s (%d x %d) in %.1f s", out, n, width, sidecar["seconds"])
+    return sidecar
+
+
+def write_labels_and_sidecar(out: Path, labels_path: Path, sidecar_path: Path, data, *, run, n: int, width: int, names, layout,
+                             pooling, split: str, precision: str, batch_size: int, t0: float, **extra) -> dict:
+    """The labels beside ``out`` (or none, never stale ones) and the JSON sidecar; returns the sidecar."""
+    from .runs import atomic_write_text
     if data.labels is not None:
         _save_npy_atomic(labels_path, np.asarray(data.labels, dtype=np.int64))
     else:
@@ -361,8 +371,7 @@ def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottlenec
         "layers": names, "layer_features": dict(layout), "pool": pooling.spec,
         "data": {"spec": getattr(data, "spec", "array"), "split": getattr(data, "split", split), "n_images": n,
                  "class_names": list(data.class_names) if data.class_names else None},
-        "precision": prec, "batch_size": batch_size, "seconds": round(time.perf_counter() - t0, 3),
+        "precision": precision, "batch_size": batch_size, "seconds": round(time.perf_counter() - t0, 3), **extra,
     }
     atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
-    logger.info("wrote %s (%d x %d) in %.1f s", out, n, width, sidecar["seconds"])
     return sidecar
