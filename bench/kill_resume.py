@@ -78,6 +78,14 @@ def cli_command(data: Path, run_dir: Path, epochs: int) -> list[str]:
     return base + [arg for s in settings(data, epochs) for arg in ("--set", s)]
 
 
+def epochs_done(run_dir: Path) -> int:
+    """Epochs the run has finished, from metrics.jsonl (replaced atomically after each checkpoint)."""
+    try:
+        return len((run_dir / "metrics.jsonl").read_bytes().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
 def in_checkpoint_write(run_dir: Path) -> bool:
     """Whether a checkpoint is half-written (a temporary or pending file exists)."""
     try:
@@ -90,9 +98,11 @@ def random_kills(data: Path, run_dir: Path, epochs: int, kills: int, *, seed: in
                  aim_at_writes: float = 0.5, log=print) -> dict:
     """SIGKILL ``convae train`` ``kills`` times, resuming each time; then let it finish.
 
-    Each kill waits until the process has written its first checkpoint (so it is in the training
-    loop, past start-up), then a random time in [0, max_delay] s. A fraction ``aim_at_writes`` of
-    the kills then also waits (polling the directory) until a checkpoint write is under way.
+    Kills are paced by training progress, not by the clock, so they land on a fast machine and a
+    slow one alike: kill ``i`` (from 1) waits until this process has written a checkpoint and the run
+    has finished at least ``i * epochs // (kills + 1)`` epochs, then a random time of at most one
+    epoch (as measured in this process) and ``max_delay`` s. A fraction ``aim_at_writes`` of the
+    kills then also waits (polling the directory) until a checkpoint write is under way.
     Returns the counts and the final weights' path.
     """
     rng = random.Random(seed)
@@ -106,7 +116,12 @@ def random_kills(data: Path, run_dir: Path, epochs: int, kills: int, *, seed: in
             state = run_dir / "trainer_state.pt"  # rewritten by every checkpoint: this process is in the loop
             while proc.poll() is None and not (state.exists() and state.stat().st_mtime_ns >= started):
                 time.sleep(0.002)
-            time.sleep(rng.uniform(0.0, max_delay))
+            first_seen, first_epochs = time.monotonic(), epochs_done(run_dir)
+            target = max(first_epochs + 1, (landed + 1) * epochs // (kills + 1))
+            while proc.poll() is None and epochs_done(run_dir) < target:
+                time.sleep(0.001)
+            per_epoch = (time.monotonic() - first_seen) / max(1, epochs_done(run_dir) - first_epochs)
+            time.sleep(rng.uniform(0.0, min(max_delay, per_epoch)))
             if rng.random() < aim_at_writes:
                 deadline = time.monotonic() + 2.0
                 while proc.poll() is None and time.monotonic() < deadline and not in_checkpoint_write(run_dir):
