@@ -92,3 +92,16 @@ def test_probe_prints_table_with_baselines_and_writes_files(tmp_path, blobs_npz,
     records = json.loads((run / "probe.json").read_text())
     assert records
     assert (run / "probe.csv").exists() and (run / "probe.md").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("avg2", ["avg2"]),
+    ("avg2,max", ["avg2", "max"]),
+    ("spp:1,2,4", ["spp:1,2,4"]),
+    ("avg2, spp:1,2,4 ,max3", ["avg2", "spp:1,2,4", "max3"]),
+    ("SPP:1,2,avg", ["SPP:1,2", "avg"]),
+])
+def test_probe_pool_list_keeps_spp_levels_together(text, expected):
+    from convae.cli import _pool_list
+
+    assert _pool_list(text) == expected

@@ -66,3 +66,13 @@ def test_unreadable_and_invalid_files(tmp_path):
     (tmp_path / "x.toml").write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "x.toml")
+
+
+def test_recipe_probe_table_is_ignored_by_training_config(tmp_path):
+    """configs/*.toml carry a [probe] table for bench/recipes.py; `convae train --config` reads the rest."""
+    path = tmp_path / "recipe.toml"
+    path.write_text('[model]\nchannels = [8, 16]\n\n[probe]\nfeatures = ["stage2:flatten"]\npost = ["none"]\n')
+    assert load_config(path).model.channels == [8, 16]
+    path.write_text('[model]\nchannels = [8, 16]\n\n[prob]\nfeatures = []\n')
+    with pytest.raises(ConfigError, match="prob"):
+        load_config(path)

@@ -115,6 +115,20 @@ def _split_list(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
+def _pool_list(text: str | None) -> list[str] | None:
+    """Pooling specs from ``avg2,max,spp:1,2,4``: numbers after an ``spp:`` spec are its levels."""
+    items = _split_list(text)
+    if items is None:
+        return None
+    specs: list[str] = []
+    for item in items:
+        if item.isdigit() and specs and specs[-1].lower().startswith("spp:"):
+            specs[-1] += f",{item}"
+        else:
+            specs.append(item)
+    return specs
+
+
 def _layer_list(text: str | None):
     """Layer names or indices from ``stage1,stage2`` / ``-1``; ``+`` joins layers into one concatenated set."""
     items = _split_list(text)
@@ -151,7 +165,7 @@ def cmd_probe(args) -> int:
         kwargs["labels_per_class"] = [None if v == "all" else int(v) for v in _split_list(args.labels_per_class)]
     if args.seeds:
         kwargs["seeds"] = [int(v) for v in _split_list(args.seeds)]
-    result = probe(args.run, args.data, layers=_layer_list(args.layers), pool=_split_list(args.pool) or "avg2",
+    result = probe(args.run, args.data, layers=_layer_list(args.layers), pool=_pool_list(args.pool) or "avg2",
                    classifiers=_split_list(args.classifiers), fcae=args.fcae, quick=args.quick, train_limit=args.train_limit,
                    precision=args.precision, device=args.device, out_dir=args.out, progress=not args.quiet, **kwargs)
     print(format_table(result))
@@ -267,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--data", help="dataset spec with labels (default: the run's own; another dataset tests transfer)")
     p.add_argument("--layers", help="comma-separated layers (default: every layer)")
-    p.add_argument("--pool", help="comma-separated pooling specs to try (default avg2)")
+    p.add_argument("--pool", help="comma-separated pooling specs to try, e.g. avg2,max,spp:1,2,4 (default avg2)")
     p.add_argument("--classifiers", help="comma-separated: logreg,linear_svc,rbf_svc,random_forest,mlp (default all five)")
     p.add_argument("--fcae", help="an FCAE run whose layers join the table as a baseline")
     p.add_argument("--labels-per-class", help="comma-separated label budgets, 'all' for all (default 10,100,1000)")

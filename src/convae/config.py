@@ -279,6 +279,8 @@ def load_config(path: str | Path) -> RunConfig:
     except (ValueError, RecursionError) as e:  # decode errors; also an int of over 4300 digits, or nesting too deep
         reason = "nested too deeply" if isinstance(e, RecursionError) else e
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {reason}") from None
+    if isinstance(data, dict) and isinstance(data.get("probe"), dict):
+        data = {k: v for k, v in data.items() if k != "probe"}  # a recipe's probe settings (bench/recipes.py)
     return RunConfig.from_dict(data, source=str(path))
 
 
