@@ -5,7 +5,8 @@ The reference is written the way tutorials write it: fp32, contiguous (NCHW) ten
 ``transforms.ToTensor()`` does), a shuffling ``DataLoader`` with its default single process,
 ``optimizer.zero_grad()``, ``nn.MSELoss`` on the sigmoid output, ``loss.item()`` every step, and
 PyTorch's default thread settings. It trains the same architecture (``ConvAutoencoder`` with
-convae's defaults), with the same optimizer (Adam, lr 1e-3) and batch size (128).
+convae's defaults; its 2x2 transposed convs are plain ``nn.ConvTranspose2d`` layers, as a tutorial
+writes them, where convae runs them as a 1x1 conv plus pixel shuffle), with the same optimizer (Adam, lr 1e-3) and batch size (128).
 
 convae's side is ``convae.training.train_model`` with a default ``TrainConfig`` (one epoch,
 no validation, no checkpoint): bf16 autocast where the CPU runs it natively, channels_last,
@@ -51,11 +52,27 @@ class OneImageAtATime(Dataset):
         return torch.from_numpy(self.images[i]).float().div(255).unsqueeze(0)
 
 
+def tutorial_layers(model: nn.Module) -> nn.Module:
+    """Swap convae's 2x upsampling layers for the ``nn.ConvTranspose2d`` a tutorial would write.
+
+    Same weights, same function; only the kernel PyTorch runs differs (see ``Upsample2x``).
+    """
+    from convae.models.conv import Upsample2x
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, Upsample2x):
+                plain = nn.ConvTranspose2d(child.in_channels, child.out_channels, 2, stride=2)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+    return model
+
+
 def reference_epoch(images: np.ndarray, seed: int = 0) -> None:
     from convae import ConvAutoencoder
 
     torch.manual_seed(seed)
-    model = ConvAutoencoder((1, 28, 28))
+    model = tutorial_layers(ConvAutoencoder((1, 28, 28)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.MSELoss()
     loader = DataLoader(OneImageAtATime(images), batch_size=BATCH, shuffle=True)

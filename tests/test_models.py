@@ -118,3 +118,28 @@ def test_flops_count_of_single_conv_layer():
     # stage1 conv: 2 * (1*3*3) * 4*8*8; dense 4*4*4 -> 2 and back; transposed 4->4 2x2 on 4x4; conv 4->1 on 8x8
     expected = 2 * 9 * 4 * 64 + 2 * 64 * 2 + 2 * 2 * 64 + 2 * (4 * 4 * 4) * 16 + 2 * (4 * 9) * 64
     assert model.flops_per_image() == expected
+
+
+@pytest.mark.parametrize("c_in, c_out, hw, bias", [(8, 8, 3, True), (6, 4, 5, True), (5, 3, 4, False)])
+def test_upsample2x_equals_transposed_conv_values_and_gradients(c_in, c_out, hw, bias):
+    """The 1x1-conv + pixel-shuffle path is the 2x2 stride-2 transposed conv, forward and backward."""
+    from convae.models.conv import Upsample2x
+
+    torch.manual_seed(0)
+    fast = Upsample2x(c_in, c_out)
+    if not bias:
+        fast.bias = None
+    plain = torch.nn.ConvTranspose2d(c_in, c_out, 2, stride=2, bias=bias)
+    plain.load_state_dict(fast.state_dict())  # the same parameter names and shapes
+    x = torch.randn(3, c_in, hw, hw + 1, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    g = torch.randn(3, c_out, 2 * hw, 2 * hw + 2)
+    y, y2 = fast(x), plain(x2)
+    assert y.shape == y2.shape
+    torch.testing.assert_close(y, y2)
+    (y * g).sum().backward()
+    (y2 * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
