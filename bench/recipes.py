@@ -163,12 +163,24 @@ def run_recipe(path: Path, args) -> dict:
     y_train, y_test = probe_train.labels, probe_test.labels
     rows = []
     specs = args.features or probe_cfg.get("features", ["bottleneck"])
+    posts = args.post or probe_cfg.get("post", ["none"])
+    model_key = {"model": config.to_dict()["model"],
+                 "seed": config.train.seed, "probe_train": len(probe_train), "probe_test": len(probe_test)}
+    cached = cached_untrained(model_key)
     for family, net in (("trained", model), ("untrained", untrained)):
         t0 = time.perf_counter()
-        feats_train, feats_test = all_features(net, probe_train, specs), all_features(net, probe_test, specs)
-        for spec in specs:
+        todo = specs
+        if family == "untrained":  # the same seed-built encoder was probed for an earlier recipe: reuse its rows
+            rows += [dict(cached[(spec, post)]) for spec in specs for post in posts if (spec, post) in cached]
+            todo = [spec for spec in specs if any((spec, post) not in cached for post in posts)]
+            if len(todo) < len(specs):
+                print(f"{name}[{tag}] untrained rows reused for {len(specs) - len(todo)} feature set(s)", flush=True)
+        feats_train, feats_test = all_features(net, probe_train, todo), all_features(net, probe_test, todo)
+        for spec in todo:
             f_train, f_test = feats_train[spec], feats_test[spec]
-            for post in args.post or probe_cfg.get("post", ["none"]):
+            for post in posts:
+                if family == "untrained" and (spec, post) in cached:
+                    continue
                 a, b = postprocess(post, f_train, f_test, config.train.seed)
                 acc = logreg_accuracy(a, y_train, b, y_test)
                 rows.append({"features": spec, "post": post, "family": family, "dim": int(a.shape[1]), "accuracy": acc})
@@ -179,10 +191,35 @@ def run_recipe(path: Path, args) -> dict:
         "train_images": len(train_data), "probe_train": len(probe_train), "probe_test": len(probe_test),
         "epochs": len(history), "train_seconds": round(train_seconds, 1),
         "images_per_s": round(images / max(train_seconds, 1e-9), 1), "load_avg_1m": round(load1, 2),
-        "test_mse": test_mse, "test_mse_wta": sparse_mse, "rows": rows, "kind": config.model.kind,
+        "test_mse": test_mse, "test_mse_wta": sparse_mse, "rows": rows, "kind": config.model.kind, **model_key,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return record
+
+
+def record_model(record: dict) -> dict | None:
+    """The model config of a record; records written before it was stored read it from their config file."""
+    if "model" in record:
+        return record["model"]
+    from convae.config import RunConfig
+
+    path = ROOT / record["config"]
+    return RunConfig.from_dict(read_recipe(path)[0], source=str(path)).to_dict()["model"] if path.exists() else None
+
+
+def cached_untrained(key: dict) -> dict:
+    """``{(features, post): row}`` of untrained rows already measured for this encoder and probe split."""
+    if not RESULTS.exists():
+        return {}
+    found = {}
+    for record in json.loads(RESULTS.read_text()):
+        if (record_model(record), record.get("seed", 0), record["probe_train"], record["probe_test"]) != \
+                (key["model"], key["seed"], key["probe_train"], key["probe_test"]):
+            continue
+        for row in record["rows"]:
+            if row["family"] == "untrained":
+                found[(row["features"], row["post"])] = row
+    return found
 
 
 def save_record(record: dict) -> None:

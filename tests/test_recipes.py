@@ -1,4 +1,5 @@
-"""Winner-take-all sparsity (issue 7): training-only, default off, round-trips through the config."""
+"""Recipes (issue 7): winner-take-all sparsity (training-only, default off, round-trips through the config)
+and the recipe bench's reuse of untrained rows."""
 
 import pytest
 import torch
@@ -36,3 +37,29 @@ def test_wta_defaults_off_and_config_round_trips():
 def test_wta_spatial_needs_a_conv_bottleneck():
     with pytest.raises(ArchitectureError, match="bottleneck='conv'"):
         ConvAutoencoder((1, 16, 16), channels=(4,), wta_spatial=True)
+
+
+def test_recipe_bench_reuses_untrained_rows_only_for_the_same_encoder_and_probe_split(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recipes
+
+    model = RunConfig().to_dict()["model"]
+    other = {**model, "channels": [8, 16]}
+    row = {"features": "stage2:flatten", "post": "none", "dim": 10, "accuracy": 0.9}
+    records = [
+        {"recipe": "a", "tag": "full", "config": "configs/a.toml", "model": model, "seed": 0, "probe_train": 60000, "probe_test": 10000,
+         "rows": [{**row, "family": "trained", "accuracy": 0.95}, {**row, "family": "untrained"}]},
+        {"recipe": "b", "tag": "full", "config": "configs/b.toml", "model": other, "seed": 0, "probe_train": 60000, "probe_test": 10000,
+         "rows": [{**row, "features": "stage1:avg", "family": "untrained"}]},
+    ]
+    monkeypatch.setattr(recipes, "RESULTS", tmp_path / "recipes.json")
+    (tmp_path / "recipes.json").write_text(json.dumps(records))
+    key = {"model": model, "seed": 0, "probe_train": 60000, "probe_test": 10000}
+    assert recipes.cached_untrained(key) == {("stage2:flatten", "none"): {**row, "family": "untrained"}}
+    assert recipes.cached_untrained({**key, "seed": 1}) == {}
+    assert recipes.cached_untrained({**key, "probe_train": 30000}) == {}
+    assert list(recipes.cached_untrained({**key, "model": other})) == [("stage1:avg", "none")]

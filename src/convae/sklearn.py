@@ -153,7 +153,8 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         layers = model.resolve_layers(self.layers)
         pooling = parse_pool(self.pool)
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
-        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, loss=self.loss, noise=self.noise,
+        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                          weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss, noise=self.noise,
                           mask_ratio=self.mask_ratio, val_fraction=0.0, seed=self.seed, precision=self.precision,
                           device=self.device)
         state = torch.random.get_rng_state()
@@ -187,7 +188,7 @@ class ConvAEFeatures(_AutoencoderFeatures):
     downsample : {"max", "avg", "stride"}, default "max"
         How each stage halves the map (``ConvAutoencoder(pool=...)``; renamed here because
         ``pool`` is the feature pooling).
-    epochs, batch_size, lr, loss, noise, mask_ratio, seed, precision, device
+    epochs, batch_size, lr, optimizer, weight_decay, schedule, loss, noise, mask_ratio, seed, precision, device
         Training, as in :class:`convae.TrainConfig` (every image is used for training; no
         validation split). ``precision="auto"`` is bf16 where the hardware runs it natively;
         the transform uses the same precision.
@@ -213,7 +214,7 @@ class ConvAEFeatures(_AutoencoderFeatures):
 
     def __init__(self, layers="bottleneck", pool="avg", *, channels=(32, 64, 128), kernel_size=3, downsample="max", norm=None,
                  bottleneck="dense", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=1,
-                 epochs=10, batch_size=128, lr=1e-3, loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
+                 epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0, schedule="none", loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -229,6 +230,9 @@ class ConvAEFeatures(_AutoencoderFeatures):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.schedule = schedule
         self.loss = loss
         self.noise = noise
         self.mask_ratio = mask_ratio
@@ -260,7 +264,7 @@ class DenseAEFeatures(_AutoencoderFeatures):
     _accepts_vectors = True
 
     def __init__(self, layers="bottleneck", pool="avg", *, hidden=(512, 256), latent_dim=64, activation="relu", norm=None,
-                 epochs=10, batch_size=128, lr=1e-3, loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
+                 epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0, schedule="none", loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -271,6 +275,9 @@ class DenseAEFeatures(_AutoencoderFeatures):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.optimizer = optimizer
+        self.weight_decay = weight_decay
+        self.schedule = schedule
         self.loss = loss
         self.noise = noise
         self.mask_ratio = mask_ratio
