@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from _common import threads
@@ -24,21 +23,8 @@ from _common import threads
 BATCH = 128
 
 
-class PixelShuffleUp(nn.Module):
-    """ConvTranspose2d(k=2, s=2) computed as a 1x1 conv to 4*O channels + pixel_shuffle (same weights)."""
-
-    def __init__(self, up: nn.ConvTranspose2d):
-        super().__init__()
-        self.up = up
-
-    def forward(self, x):
-        c, o = self.up.weight.shape[:2]
-        w = self.up.weight.permute(1, 2, 3, 0).reshape(o * 4, c, 1, 1)
-        return F.pixel_shuffle(F.conv2d(x, w), 2) + self.up.bias.view(1, -1, 1, 1)
-
-
 def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool = False, item: bool = True,
-              set_to_none: bool = True, compile: bool = False, pixel_shuffle: bool = False):
+              set_to_none: bool = True, compile: bool = False, transpose: bool = False):
     """A closure running one training step of the default ConvAE, built like the trainer builds it."""
     from convae import ConvAutoencoder
     from convae.training import autocast, reconstruction_loss, resolve_device, resolve_precision
@@ -47,8 +33,10 @@ def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool =
     precision = precision or resolve_precision("auto", resolve_device("cpu"))
     torch.manual_seed(0)
     model = ConvAutoencoder((1, 28, 28))
-    if pixel_shuffle:
-        model.up = nn.ModuleList([PixelShuffleUp(u) for u in model.up])
+    if transpose:
+        from bench_training import tutorial_layers
+
+        tutorial_layers(model)
     model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True if fused else None)
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
@@ -76,7 +64,7 @@ CANDIDATES = {
     "batch 64": {"batch": 64},
     "batch 256": {"batch": 256},
     "fp32": {"precision": "fp32"},
-    "ConvTranspose as 1x1 conv + pixel_shuffle": {"pixel_shuffle": True},
+    "nn.ConvTranspose2d upsampling (before Upsample2x)": {"transpose": True},
     "torch.compile": {"compile": True},
 }
 
