@@ -282,7 +282,8 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
     bar = tqdm(total=total_steps, initial=min(global_step, total_steps), disable=None if progress and is_main else True, unit="step", dynamic_ncols=True, leave=False)
     epoch, step_in_epoch, noise_gen = start_epoch, start_step_in_epoch, None
     seen, loss_sum, mse_sum, t0 = 0, 0.0, 0.0, time.perf_counter()
-    noise_state = None
+    noise_state = buffers_before = None
+    buffers = list(model.buffers())  # BatchNorm running statistics (and its step counter), if any
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if global_step >= total_steps:
@@ -315,6 +316,8 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 x = (corrupt(target, cfg, noise_gen) if share is None else corrupt(target, cfg, noise_gen, (share.start, share.total))) if corrupting else target
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, global_step, total_steps)
+                if buffers:  # BatchNorm's forward updates its running stats: keep them as the last whole step left them
+                    buffers_before = [b.clone() for b in buffers]
                 with autocast(precision, device):
                     logits = step_fn(x)
                 loss = reconstruction_loss(logits, target, cfg.loss)
@@ -340,7 +343,7 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                     scaler.update()
                 global_step += 1
                 step_in_epoch += 1
-                noise_state = None  # the step is whole: the generator's own state is the one to keep
+                noise_state = buffers_before = None  # the step is whole: the generator's and buffers' own states are the ones to keep
                 if on_step is not None:
                     on_step(global_step, loss_value)
                 seen += b
@@ -377,6 +380,10 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
             at_epoch_end = bool(history) and history[-1]["epoch"] == epoch + 1
             if noise_gen is not None and noise_state is not None:
                 noise_gen.set_state(noise_state)  # the unfinished step redraws the same noise on resume
+            if buffers_before is not None:  # undo the unfinished step's BatchNorm statistics update
+                with torch.no_grad():
+                    for buffer, before in zip(buffers, buffers_before):
+                        buffer.copy_(before)
             partial = None if at_epoch_end else {"seen": seen, "loss_sum": loss_sum, "mse_sum": mse_sum, "seconds": time.perf_counter() - t0}
             checkpoint(epoch + 1 if at_epoch_end else epoch, 0 if at_epoch_end else step_in_epoch, None if at_epoch_end else noise_gen, partial)
             raise TrainingInterrupted(
