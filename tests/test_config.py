@@ -76,3 +76,8 @@ def test_recipe_probe_table_is_ignored_by_training_config(tmp_path):
     path.write_text('[model]\nchannels = [8, 16]\n\n[prob]\nfeatures = []\n')
     with pytest.raises(ConfigError, match="prob"):
         load_config(path)
+
+
+def test_none_is_a_word_for_string_keys_and_the_absence_for_optional_ones():
+    cfg = apply_overrides(RunConfig(), ["train.schedule=none", "model.norm=none", "train.threads=none"])
+    assert cfg.train.schedule == "none" and cfg.model.norm is None and cfg.train.threads is None

@@ -198,10 +198,11 @@ def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "config") -
 
 
 def parse_value(text: str, hint: Any) -> Any:
-    """Parse a command-line value: JSON where it parses, ``none``/``null`` as None, ``a,b`` as a list."""
+    """Parse a command-line value: JSON where it parses, ``none``/``null`` as None (as the word for a
+    key that takes only strings, like ``schedule``), ``a,b`` as a list."""
     t = text.strip()
     if t.lower() in ("none", "null"):
-        return None
+        return t.lower() if hint is str else None  # schedule=none is the word, not the absence
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
     value = _json_or_text(t)
