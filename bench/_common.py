@@ -192,3 +192,11 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def default_model(in_shape=(1, 28, 28)):
+    """The ConvAE that ``convae train`` builds with no architecture flags (``ModelConfig``'s defaults)."""
+    from convae.config import ModelConfig
+    from convae.models import build_model
+
+    return build_model("conv", tuple(in_shape), **ModelConfig().model_kwargs())

@@ -1,7 +1,7 @@
 """Where a training step's time goes, and the hot-path candidates measured side by side.
 
 ``profile``: torch.profiler over convae's training step (the trainer's own step: bf16 autocast
-where native, channels_last, Adam, ``loss.item()``), self CPU time summed per layer for the
+where native, channels_last, AdamW, ``loss.item()``; the default ConvAE; masking left out), self CPU time summed per layer for the
 convolutions and per kind for the rest (ReLU, pooling, casts, optimizer, ...).
 
 ``candidates``: variants of that step, each built once, then run in interleaved rounds of a
@@ -18,7 +18,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from _common import threads
+from _common import default_model, threads
 
 BATCH = 128
 
@@ -26,19 +26,18 @@ BATCH = 128
 def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool = False, item: bool = True,
               set_to_none: bool = True, compile: bool = False, transpose: bool = False):
     """A closure running one training step of the default ConvAE, built like the trainer builds it."""
-    from convae import ConvAutoencoder
     from convae.training import autocast, reconstruction_loss, resolve_device, resolve_precision
 
     device = torch.device("cpu")
     precision = precision or resolve_precision("auto", resolve_device("cpu"))
     torch.manual_seed(0)
-    model = ConvAutoencoder((1, 28, 28))
+    model = default_model()
     if transpose:
         from bench_training import tutorial_layers
 
         tutorial_layers(model)
     model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True if fused else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True if fused else None)
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model.reconstruct_logits) if compile else model.reconstruct_logits
 
@@ -57,8 +56,8 @@ def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool =
 
 
 CANDIDATES = {
-    "trainer step (bf16, channels_last, Adam foreach, item)": {},
-    "fused Adam": {"fused": True},
+    "trainer step (bf16, channels_last, AdamW foreach, item)": {},
+    "fused AdamW": {"fused": True},
     "no loss.item()": {"item": False},
     "zero_grad(set_to_none=False)": {"set_to_none": False},
     "batch 64": {"batch": 64},
@@ -100,11 +99,18 @@ def candidates(rounds: int = 5, budget_s: float = 2.0, thread_count: int | None 
 
 # --- the profile -----------------------------------------------------------------------------------------------------
 def _layer_names(model) -> dict[tuple, str]:
-    names = {}
+    """Conv weight shape -> layer label; the profiler knows ops only by their input shapes."""
+    from convae.models.conv import Upsample2x
+
+    names: dict[tuple, str] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
             kind = "convT" if isinstance(mod, nn.ConvTranspose2d) else "conv"
-            names[tuple(mod.weight.shape)] = f"{name} ({kind} {mod.in_channels}->{mod.out_channels}, k{mod.kernel_size[0]})"
+            shape = tuple(mod.weight.shape)
+            if isinstance(mod, Upsample2x):  # runs as a 1x1 conv to 4x the channels
+                shape = (mod.out_channels * 4, mod.in_channels, 1, 1)
+            label = f"{name} ({kind} {mod.in_channels}->{mod.out_channels}, k{mod.kernel_size[0]})"
+            names[shape] = f"{names[shape]} or {label}" if shape in names else label  # same shape: can't tell apart
     return names
 
 
@@ -119,6 +125,10 @@ def _kind(name: str) -> str:
         return "dense bottleneck (linear layers)"
     if name in ("aten::fill_", "aten::zero_", "aten::zeros", "aten::empty", "aten::empty_strided", "aten::empty_like"):
         return "allocation and fills"
+    if "batch_norm" in name:
+        return "BatchNorm forward/backward"
+    if "pixel_shuffle" in name or "pixel_unshuffle" in name:
+        return "pixel shuffle (Upsample2x) forward/backward"
     if "mse_loss" in name or "sigmoid" in name:
         return "loss and sigmoid"
     return "other"
@@ -143,7 +153,7 @@ def profile(steps: int = 10, thread_count: int | None = 1) -> dict:
             top = top.cpu_parent
         us = ev.self_cpu_time_total
         if top.name.startswith("Optimizer.step") or top.name.startswith("Optimizer.zero_grad"):
-            totals["optimizer (Adam step, zero_grad)"] += us
+            totals["optimizer (AdamW step, zero_grad)"] += us
             continue
         shapes = ev.input_shapes or []
         if ev.name in ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution_backward",
@@ -170,7 +180,7 @@ def _group(what: str) -> str:
     if "(conv 1->" in what or "->1," in what:
         return "1-channel convs (first and last layer), forward + backward"
     if "(conv" in what or what.startswith("conv "):
-        return "3x3 convs with 32-128 channels, forward + backward"
+        return "3x3 and 1x1 convs with 64-128 channels, forward + backward"
     return what
 
 

@@ -13,16 +13,15 @@ import logging
 
 import torch
 
-from _common import fashion, resized, threads, timed
+from _common import default_model, fashion, resized, threads, timed
 
 
 def epoch(images: torch.Tensor) -> dict:
-    from convae import ConvAutoencoder
     from convae.config import TrainConfig
     from convae.training import train_model
 
     torch.manual_seed(0)
-    model = ConvAutoencoder(tuple(images.shape[1:]))
+    model = default_model(images.shape[1:])
     flops = 3 * model.flops_per_image()
     with timed() as t:
         result = train_model(model, images, TrainConfig(epochs=1), progress=False)

@@ -4,13 +4,16 @@ The reference is written the way tutorials write it: fp32, contiguous (NCHW) ten
 ``Dataset`` whose ``__getitem__`` turns one uint8 image into a float tensor (what
 ``transforms.ToTensor()`` does), a shuffling ``DataLoader`` with its default single process,
 ``optimizer.zero_grad()``, ``nn.MSELoss`` on the sigmoid output, ``loss.item()`` every step, and
-PyTorch's default thread settings. It trains the same architecture (``ConvAutoencoder`` with
-convae's defaults; its 2x2 transposed convs are plain ``nn.ConvTranspose2d`` layers, as a tutorial
-writes them, where convae runs them as a 1x1 conv plus pixel shuffle), with the same optimizer (Adam, lr 1e-3) and batch size (128).
+PyTorch's default thread settings. It trains the same architecture: the ConvAE ``convae train``
+builds with no flags (``ModelConfig``'s defaults: 64/128/128 channels, BatchNorm, 1x1-conv
+bottleneck), except that its 2x2 transposed convs are plain ``nn.ConvTranspose2d`` layers, as a
+tutorial writes them, where convae runs them as a 1x1 conv plus pixel shuffle. Optimizer Adam,
+lr 1e-3, batch 128.
 
 convae's side is ``convae.training.train_model`` with a default ``TrainConfig`` (one epoch,
 no validation, no checkpoint): bf16 autocast where the CPU runs it natively, channels_last,
-batches indexed from the in-memory uint8 tensor. ``convae_fp32`` is the same with
+batches indexed from the in-memory uint8 tensor, and the default recipe's extra work (AdamW, the
+cosine schedule, masking half of the 4x4 input patches). ``convae_fp32`` is the same with
 ``precision="fp32"``, to split the gain between the data path and the precision.
 
 Trials alternate (reference, convae, convae_fp32, reference, ...), each on the same images,
@@ -33,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from _common import fashion, gemm_peak, median, rate_summary, threads, timed
+from _common import default_model, fashion, gemm_peak, median, rate_summary, threads, timed
 
 BATCH = 128
 
@@ -69,10 +72,8 @@ def tutorial_layers(model: nn.Module) -> nn.Module:
 
 
 def reference_epoch(images: np.ndarray, seed: int = 0) -> None:
-    from convae import ConvAutoencoder
-
     torch.manual_seed(seed)
-    model = tutorial_layers(ConvAutoencoder((1, 28, 28)))
+    model = tutorial_layers(default_model())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.MSELoss()
     loader = DataLoader(OneImageAtATime(images), batch_size=BATCH, shuffle=True)
@@ -89,12 +90,11 @@ def reference_epoch(images: np.ndarray, seed: int = 0) -> None:
 
 # --- convae's trainer -------------------------------------------------------------------------------------------
 def convae_epoch(images: torch.Tensor, seed: int = 0, **overrides) -> None:
-    from convae import ConvAutoencoder
     from convae.config import TrainConfig
     from convae.training import train_model
 
     torch.manual_seed(seed)
-    model = ConvAutoencoder((1, 28, 28))
+    model = default_model()
     cfg = TrainConfig(epochs=1, seed=seed, **overrides)
     train_model(model, images, cfg, progress=False)
 
@@ -142,10 +142,9 @@ def compare(n_images: int, repeats: int, thread_count: int | None) -> dict:
 
 
 def roofline(rates: dict, peaks: dict) -> dict:
-    from convae import ConvAutoencoder
     from convae.training import resolve_device, resolve_precision
 
-    forward = ConvAutoencoder((1, 28, 28)).flops_per_image()
+    forward = default_model().flops_per_image()
     per_image = 3 * forward
     convae_precision = resolve_precision("auto", resolve_device("auto"))
     out = {"forward_flops_per_image": forward, "training_flops_per_image": per_image, "convention": "training = 3 x forward",

@@ -54,7 +54,8 @@ def quick_result(rgb_npz, tmp_path_factory):
 
 # --- measurements ------------------------------------------------------------------------------------------
 def test_parameter_table_has_the_15000500_reference_and_adds_up():
-    configs = {"conv": apply_overrides(RunConfig(), ["model.kind=conv"]), "dense": apply_overrides(RunConfig(), ["model.kind=dense"])}
+    plain = ["model.kind=conv", "model.channels=32,64,128", "model.norm=none", "model.bottleneck=dense"]  # configs/baseline.toml
+    configs = {"conv": apply_overrides(RunConfig(), plain), "dense": apply_overrides(RunConfig(), ["model.kind=dense"])}
     table = parameter_table(configs, (1, 28, 28))
     assert table["reference"]["hidden1"] == 15_000_500 == 3 * 100 * 100 * 500 + 500
     assert table["large"]["dense"]["hidden1"] == 30_000 * 512 + 512  # the configured FCAE on 3x100x100

@@ -31,7 +31,7 @@ ALL_FILES = {"config.json", WEIGHTS, STATE, METRICS_JSONL, "metrics.csv"}
 def ddp_config(spec, *extra):
     return apply_overrides(RunConfig(), [f"data.spec={spec}", "data.limit=71", "model.channels=4,8", "model.latent_dim=6",
                                          "train.epochs=2", "train.batch_size=7", "train.threads=1", "train.precision=fp32",
-                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.lr=3e-3", *extra])
+                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.lr=3e-3", "model.norm=none", *extra])
 
 
 def _free_port() -> int:
@@ -170,7 +170,7 @@ def test_sharded_extraction_equals_one_process_output(ddp_job, blobs_npz, tmp_pa
                             pool="max2", batch_size=50, precision="fp32", progress=False)
     sharded = json.loads((ddp_job / "feats" / "sharded.json").read_text())
     a, b = np.load(tmp_path / "single.npy"), np.load(ddp_job / "feats" / "sharded.npy")
-    assert a.shape == b.shape == (200, 4 * 4 + 6)
+    assert a.shape == b.shape == (200, 4 * 4 + 6 * 4)
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.load(ddp_job / "feats" / "sharded.labels.npy"), np.load(tmp_path / "single.labels.npy"))
     for key in ("seconds", "features", "labels", "world_size"):

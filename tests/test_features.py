@@ -168,7 +168,7 @@ def test_extract_to_npy_equals_the_in_memory_transform(run_dir, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "feats.labels.npy"), data.labels)
     on_disk = json.loads((tmp_path / "out" / "feats.json").read_text())
     assert on_disk == sidecar
-    assert sidecar["shape"] == [64, 32 + 6] and sidecar["layers"] == ["stage2", "bottleneck"] and sidecar["pool"] == "avg2"
+    assert sidecar["shape"] == [64, 32 + 6 * 4] and sidecar["layers"] == ["stage2", "bottleneck"] and sidecar["pool"] == "avg2"
     assert sidecar["weights_sha256"] == run.weights_sha256 and sidecar["run"] == str(path.resolve())
     assert sidecar["precision"] == "fp32"  # the run's training precision
     assert sidecar["data"]["spec"] == "synthetic" and sidecar["data"]["n_images"] == 64

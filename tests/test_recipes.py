@@ -63,3 +63,46 @@ def test_recipe_bench_reuses_untrained_rows_only_for_the_same_encoder_and_probe_
     assert recipes.cached_untrained({**key, "seed": 1}) == {}
     assert recipes.cached_untrained({**key, "probe_train": 30000}) == {}
     assert list(recipes.cached_untrained({**key, "model": other})) == [("stage1:avg", "none")]
+
+
+def test_defaults_follow_the_default_recipe_config():
+    """RunConfig() and ConvAEFeatures() train what configs/<DEFAULT_RECIPE>.toml says (epochs aside)."""
+    import sys
+    from pathlib import Path
+
+    from convae import ConvAEFeatures
+    from convae.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    import recipes
+
+    recipe = load_config(root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml")
+    default = RunConfig()
+    assert default.model.model_kwargs() == recipe.model.model_kwargs()
+    text = (root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml").read_text()
+    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "noise", "lr", "batch_size", "loss"):
+        assert getattr(default.train, key) == getattr(recipe.train, key), key
+    assert "mask_ratio" in text and "schedule" in text  # the recipe sets them; the defaults are not just the old ones
+    est = ConvAEFeatures()
+    assert est._model_kwargs() == recipe.model.model_kwargs()
+    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "lr", "batch_size"):
+        assert getattr(est, key) == getattr(recipe.train, key), key
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.toml")))
+def test_every_recipe_config_loads_and_builds_what_it_says(name):
+    """Recipes written before the defaults changed spell out the old ones, so they rebuild as measured."""
+    import tomllib
+    from pathlib import Path
+
+    from convae.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"
+    cfg = load_config(path)
+    raw = tomllib.loads(path.read_text())
+    model = build_model(cfg.model.kind, (1, 28, 28), **cfg.model.model_kwargs())
+    has_bn = any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules())
+    assert has_bn == (raw["model"].get("norm") == "batch"), "norm must be written out in every recipe"
+    for key in ("optimizer", "schedule", "mask_ratio"):
+        assert key in raw["train"], f"{name}: train.{key} must be written out (its default changed with issue 7)"

@@ -155,7 +155,7 @@ DAMAGE = {
     "shape mismatch": (lambda r: _edit_config(r, lambda c: c["model"].update(latent_dim=5)),
                        rf"{WEIGHTS} does not match {CONFIG}: tensor '.*' has shape"),
     "layer mismatch": (lambda r: _edit_config(r, lambda c: c["model"].update(channels=[4, 8, 8])),
-                       rf"{WEIGHTS} does not match {CONFIG}: missing tensors \[.*stage"),
+                       rf"{WEIGHTS} does not match {CONFIG}: missing tensors \['.*unexpected tensors \['"),
     "newer format": (lambda r: _edit_config(r, lambda c: c.update(format_version=99)), rf"{CONFIG}: format_version 99 is newer"),
     "missing config": (lambda r: (r / CONFIG).unlink(), rf"{CONFIG}: missing"),
     "missing weights": (lambda r: (r / WEIGHTS).unlink(), rf"{WEIGHTS}: missing"),

@@ -61,7 +61,7 @@ def digits():
 @pytest.fixture(scope="module")
 def fitted(digits):
     X, _ = digits
-    return ConvAEFeatures(layers=["stage1", "bottleneck"], pool="avg2", **TINY_CONV).fit(X)
+    return ConvAEFeatures(layers=["stage1", "bottleneck"], pool="avg2", bottleneck="dense", **TINY_CONV).fit(X)
 
 
 def test_clone_and_params_round_trip():

@@ -144,7 +144,7 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
     (the input is rolled by up to ``jitter`` px each step; default 1 px for 8x8, H/8 above), an L2
     pull towards mid-gray and a total-variation penalty. Each channel starts from ``restarts``
     random images (dark, mid and bright) and, when ``starts`` (N, C, H, W) images are given, from
-    the one of them that excites it most; the start that ends most active wins. A ReLU unit silent
+    the one of them that excites it most; the most active of the ends and the starts wins. A ReLU unit silent
     at every start gets no gradient and stays mid-gray. Works for any channel count and size.
     """
     info = model.layer_info(layer)
@@ -170,9 +170,12 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
                     images = _float_images(starts).to(dev)
                     acts = torch.stack([_unit_activation(model.forward_intermediates(images, [info.name])[info.name].float(),
                                                          torch.full((len(images),), ch, device=dev)) for ch in channels])  # (n, N)
-                    chosen = images[acts.argmax(1)].clamp(0.02, 0.98).cpu()
-                p = torch.cat([p, torch.logit(chosen)])
+                    chosen = images[acts.argmax(1)].cpu()
+                p = torch.cat([p, torch.logit(chosen.clamp(0.02, 0.98))])
+            # the starts (the data images unclamped) stay candidates: ascent under the penalties can end lower
+            begin = torch.sigmoid(p) if starts is None else torch.cat([torch.sigmoid(p[: restarts * n]), chosen])
             p = p.to(dev).requires_grad_(True)
+            begin = begin.to(dev)
             m, v = torch.zeros_like(p), torch.zeros_like(p)  # Adam's moments, written out (torch.optim pulls in torch._dynamo: seconds)
             for step in range(1, steps + 1):
                 dy, dx = (int(t) for t in torch.randint(-jitter, jitter + 1, (2,), generator=gen)) if jitter else (0, 0)
@@ -185,8 +188,8 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
                     v.mul_(0.999).addcmul_(grad, grad, value=0.001)
                     p += lr * (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
             with torch.no_grad():
-                x = torch.sigmoid(p)
-                best = activation(x).view(-1, n).argmax(0)  # (n,) which start won, per channel
+                x = torch.cat([torch.sigmoid(p), begin])
+                best = activation(x).view(-1, n).argmax(0)  # (n,) which candidate won, per channel
     finally:
         model.train(was)
     return x.view(-1, n, c, h, w)[best, torch.arange(n, device=dev)].detach().cpu()

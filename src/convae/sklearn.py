@@ -130,6 +130,19 @@ class _ImageInput:
         return tags
 
 
+AUTO_FLATTEN_MAX = 64  # positions per map (8x8) up to which pool="auto" keeps every position
+
+
+def auto_pool(model, layers) -> str:
+    """``pool="auto"``: every position of small maps (Fashion-MNIST's 7x7 and 4x4), else a 4x4 average grid.
+
+    Flattened maps gave the best linear-probe features on 28x28 images (docs/RESULTS.md); on large
+    images they would give hundreds of thousands of features per image.
+    """
+    sizes = [info.spatial for info in model.feature_info if info.name in layers and info.spatial is not None]
+    return "flatten" if all(h * w <= AUTO_FLATTEN_MAX for h, w in sizes) else "avg4"
+
+
 class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     """Shared fit of ConvAEFeatures and DenseAEFeatures: build, train, keep the encoder."""
 
@@ -151,7 +164,7 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
             torch.manual_seed(self.seed)
             model = build_model(self._kind, in_shape, **self._model_kwargs())
         layers = model.resolve_layers(self.layers)
-        pooling = parse_pool(self.pool)
+        pooling = parse_pool(auto_pool(model, layers) if self.pool == "auto" else self.pool)
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
         cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
                           weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss, noise=self.noise,
@@ -177,12 +190,15 @@ class ConvAEFeatures(_AutoencoderFeatures):
 
     Parameters
     ----------
-    layers : str, int or list of them, default "bottleneck"
+    layers : str, int or list of them, default (-3, -2)
         Encoder layers (``stage1``..``stageN``, ``bottleneck``, or indices, negative from the
-        deepest); several are concatenated in the order given.
-    pool : str, default "avg"
+        deepest); several are concatenated in the order given. The default is the two deepest
+        stages (``stage2`` and ``stage3`` of the default three), the best features measured on
+        Fashion-MNIST (docs/RESULTS.md).
+    pool : str, default "auto"
         ``avg``, ``max``, ``avgN``/``maxN`` (NxN grid), ``spp:1,2,4`` or ``flatten`` (see
-        :mod:`convae.features`). The dense bottleneck is a vector and passes through.
+        :mod:`convae.features`). ``auto`` flattens maps of up to 8x8 positions and averages
+        larger ones to a 4x4 grid. The dense bottleneck is a vector and passes through.
     channels, kernel_size, norm, bottleneck, latent_dim, activation, upsample, convs_per_stage
         The architecture, as in :class:`convae.ConvAutoencoder`.
     downsample : {"max", "avg", "stride"}, default "max"
@@ -212,9 +228,10 @@ class ConvAEFeatures(_AutoencoderFeatures):
 
     _kind = "conv"
 
-    def __init__(self, layers="bottleneck", pool="avg", *, channels=(32, 64, 128), kernel_size=3, downsample="max", norm=None,
-                 bottleneck="dense", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=1,
-                 epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0, schedule="none", loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
+    def __init__(self, layers=(-3, -2), pool="auto", *, channels=(64, 128, 128), kernel_size=3, downsample="max", norm="batch",
+                 bottleneck="conv", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=1,
+                 epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
+                 noise=0.0, mask_ratio=0.5, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -264,7 +281,8 @@ class DenseAEFeatures(_AutoencoderFeatures):
     _accepts_vectors = True
 
     def __init__(self, layers="bottleneck", pool="avg", *, hidden=(512, 256), latent_dim=64, activation="relu", norm=None,
-                 epochs=10, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0, schedule="none", loss="mse", noise=0.0, mask_ratio=0.0, seed=0, precision="auto",
+                 epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
+                 noise=0.0, mask_ratio=0.5, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -303,7 +321,7 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     ----------
     run_dir : str or Path
         A run directory written by ``convae train``.
-    layers, pool : as in :class:`ConvAEFeatures`
+    layers, pool : as in :class:`ConvAEFeatures` (here default "bottleneck" and "avg"; ``pool="auto"`` works too)
     batch_size : int, default 256
     precision : {None, "auto", "fp32", "bf16"}, default None
         None: the precision the run was trained with.
@@ -339,7 +357,7 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
             raise DataError("EncoderFeatures needs run_dir, the directory of a trained run")
         run = load_run(Path(self.run_dir), map_location=resolve_device(self.device))
         layers = run.model.resolve_layers(self.layers)
-        pooling = parse_pool(self.pool)
+        pooling = parse_pool(auto_pool(run.model, layers) if self.pool == "auto" else self.pool)
         self.n_features_out_ = sum(n for _, n in feature_layout(run.model, layers, pooling))
         self.in_shape_ = tuple(run.in_shape)
         if X is not None:
