@@ -176,6 +176,8 @@ def run_recipe(path: Path, args) -> dict:
             todo = [spec for spec in specs if any((spec, post) not in cached for post in posts)]
             if len(todo) < len(specs):
                 print(f"{name}[{tag}] untrained rows reused for {len(specs) - len(todo)} feature set(s)", flush=True)
+        if not todo:
+            continue
         feats_train, feats_test = all_features(net, probe_train, todo), all_features(net, probe_test, todo)
         for spec in todo:
             f_train, f_test = feats_train[spec], feats_test[spec]
