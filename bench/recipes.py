@@ -285,8 +285,8 @@ def table() -> str:
         ub = base["accuracy"] if base else float("nan")
         lines.append(f"| {rec['recipe']} | {rec['tag']} | {rec['train_images']} | {rec['epochs']} | {rec['train_seconds']:.0f} | "
                      f"{rec['images_per_s']:.0f} | {rec['load_avg_1m']:.1f} | {rec['probe_train']}/{rec['probe_test']} | "
-                     f"{rec['test_mse']:.4f}{mse_note(rec)} | {top['features']} | {top['post']} | {100 * top['accuracy']:.1f} | "
-                     f"{100 * ub:.1f} | {100 * (top['accuracy'] - ub):+.1f} |")
+                     f"{rec['test_mse']:.4f}{mse_note(rec)} | {top['features']} | {top['post']} | {100 * top['accuracy']:.2f} | "
+                     f"{100 * ub:.2f} | {100 * (top['accuracy'] - ub):+.2f} |")
     lines += ["", "Every feature set probed (trained / untrained accuracy, %):", ""]
     for rec in sorted(records, key=lambda r: (r["tag"], r["recipe"])):
         cells = []
@@ -294,8 +294,8 @@ def table() -> str:
             if r["family"] != "trained":
                 continue
             u = matched(rec, r, "untrained")
-            cells.append(f"{r['features']} {r['post']}: {100 * r['accuracy']:.1f} / {100 * u['accuracy']:.1f}" if u else
-                         f"{r['features']} {r['post']}: {100 * r['accuracy']:.1f}")
+            cells.append(f"{r['features']} {r['post']}: {100 * r['accuracy']:.2f} / {100 * u['accuracy']:.2f}" if u else
+                         f"{r['features']} {r['post']}: {100 * r['accuracy']:.2f}")
         lines.append(f"- **{rec['recipe']}** ({rec['tag']}): " + "; ".join(cells))
     lines.append("")
     for tag in sorted({r["tag"] for r in records}):
