@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3))
     p.add_argument("--layers", default="bottleneck", help="comma-separated layer names or indices, concatenated in order (default bottleneck)")
     p.add_argument("--pool", default="avg", help="avg, max, avgN, maxN, spp:1,2,4 or flatten (default avg)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128: faster than 256 here, docs/BENCHMARKS.md)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the precision the run was trained with")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--out", required=True, help="output .npy path")

@@ -227,7 +227,7 @@ def evaluate_sharded(model, data, indices, ctx: DistContext, **kwargs) -> dict[s
 
 
 # --- sharded extraction ------------------------------------------------------------------------------------
-def extract_to_npy_sharded(run_or_path, data, out_path: str | Path, *, layers="bottleneck", pool="avg", batch_size: int = 256,
+def extract_to_npy_sharded(run_or_path, data, out_path: str | Path, *, layers="bottleneck", pool="avg", batch_size: int = 128,
                            precision: str | None = None, split: str = "all", device: str = "auto", progress: bool = True) -> dict:
     """:func:`convae.features.extract_to_npy` with each rank of a torchrun job extracting a shard.
 

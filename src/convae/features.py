@@ -201,7 +201,7 @@ def _fit_shape(batch: torch.Tensor, in_shape, convert: bool) -> torch.Tensor:
     return convert_images(batch, image_size=tuple(in_shape[1:]), channels=int(in_shape[0]))
 
 
-def iter_layer_outputs(model, data, layers, *, batch_size: int = 256, precision: str = "fp32", convert: bool = False,
+def iter_layer_outputs(model, data, layers, *, batch_size: int = 128, precision: str = "fp32", convert: bool = False,
                        progress: bool = False, desc: str = "features") -> Iterator[dict[str, torch.Tensor]]:
     """Yield ``{layer: output}`` per batch, in image order: un-pooled maps (B, C, H, W) or vectors (B, D).
 
@@ -239,7 +239,7 @@ def iter_layer_outputs(model, data, layers, *, batch_size: int = 256, precision:
             model.to(memory_format=torch.contiguous_format)
 
 
-def iter_features(model, data, *, layers="bottleneck", pool="avg", batch_size: int = 256, precision: str = "fp32",
+def iter_features(model, data, *, layers="bottleneck", pool="avg", batch_size: int = 128, precision: str = "fp32",
                   convert: bool = False, progress: bool = False, desc: str = "features") -> Iterator[np.ndarray]:
     """Yield float32 (B, n_features) arrays batch by batch, in image order (see :func:`iter_layer_outputs`)."""
     names = model.resolve_layers(layers)
@@ -250,7 +250,7 @@ def iter_features(model, data, *, layers="bottleneck", pool="avg", batch_size: i
         yield pool_outputs(out, names, pooling).cpu().numpy()
 
 
-def extract_features(model, data, *, layers="bottleneck", pool="avg", batch_size: int = 256, precision: str = "fp32",
+def extract_features(model, data, *, layers="bottleneck", pool="avg", batch_size: int = 128, precision: str = "fp32",
                      convert: bool = False, progress: bool = False) -> np.ndarray:
     """All features of ``data`` in memory: float32 (N, n_features). See :func:`iter_features`."""
     width = n_features(model, layers, pool)
@@ -303,7 +303,7 @@ def run_precision(run, precision: str | None, device: torch.device) -> str:
     return resolve_precision(precision or run.config.train.precision, device)
 
 
-def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottleneck", pool="avg", batch_size: int = 256,
+def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottleneck", pool="avg", batch_size: int = 128,
                    precision: str | None = None, split: str = "all", device: str = "auto", progress: bool = True) -> dict:
     """Stream the features of ``data`` through a run's encoder into ``out_path`` (a ``.npy`` file).
 

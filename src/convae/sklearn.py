@@ -322,7 +322,7 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     run_dir : str or Path
         A run directory written by ``convae train``.
     layers, pool : as in :class:`ConvAEFeatures` (here default "bottleneck" and "avg"; ``pool="auto"`` works too)
-    batch_size : int, default 256
+    batch_size : int, default 128
     precision : {None, "auto", "fp32", "bf16"}, default None
         None: the precision the run was trained with.
     device : str, default "cpu"
@@ -336,7 +336,7 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
     model_, in_shape_, layers_, pool_, precision_, n_features_out_, weights_sha256_
     """
 
-    def __init__(self, run_dir=None, layers="bottleneck", pool="avg", *, batch_size=256, precision=None, device="cpu",
+    def __init__(self, run_dir=None, layers="bottleneck", pool="avg", *, batch_size=128, precision=None, device="cpu",
                  convert=False, image_shape=None):
         self.run_dir = run_dir
         self.layers = layers
