@@ -137,3 +137,14 @@ def test_nan_pixel_stops_training_with_non_finite_error(tmp_path):
     cfg = small_config("digits").train
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
         train_model(ConvAutoencoder((1, 8, 8), channels=(4,)), images, cfg, progress=False)
+
+
+def test_extending_a_cosine_run_warns_and_a_flat_one_does_not(tmp_path, blobs_npz, caplog):
+    for schedule in ("cosine", "none"):
+        short = lambda epochs: small_config(f"npz:{blobs_npz}", f"train.epochs={epochs}", f"train.schedule={schedule}")  # noqa: E731
+        train(short(1), tmp_path / schedule, progress=False)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="convae.training"):
+            train(short(2), tmp_path / schedule, resume=True, progress=False)
+        warned = any("cosine-schedule run from 1 to 2 epochs" in r.getMessage() for r in caplog.records)
+        assert warned == (schedule == "cosine")

@@ -437,6 +437,10 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
             if changed:
                 raise ConfigError(f"--resume: {run_path / runs.CONFIG} differs from the given settings in {', '.join(changed)}; "
                                   "a resumed run must keep its settings (only train.epochs may grow)")
+            if config.train.epochs != saved.train.epochs and saved.train.schedule == "cosine":
+                logger.warning("extending a cosine-schedule run from %d to %d epochs: the learning rate is recomputed for the "
+                               "new total and jumps back up, so the result will not equal a run trained for %d epochs from "
+                               "the start", saved.train.epochs, config.train.epochs, config.train.epochs)
             saved.train.epochs = config.train.epochs
         config = saved
         resume_state = runs.load_trainer_state(run_path / runs.STATE)
