@@ -85,10 +85,11 @@ def logreg_accuracy(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_
 
 
 # --- one recipe ----------------------------------------------------------------------------------------
-def read_recipe(path: Path) -> tuple[dict, dict]:
-    raw = tomllib.loads(path.read_text())
-    probe = raw.pop("probe", {})
-    return raw, probe
+def read_recipe(path: Path):
+    """The recipe's RunConfig (``load_config`` skips the ``[probe]`` table) and its ``[probe]`` table."""
+    from convae.config import load_config
+
+    return load_config(path), tomllib.loads(path.read_text()).get("probe", {})
 
 
 def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
@@ -112,14 +113,13 @@ def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[s
 
 
 def run_recipe(path: Path, args) -> dict:
-    from convae.config import RunConfig, apply_overrides
+    from convae.config import apply_overrides
     from convae.data import load_dataset
     from convae.models import build_model
     from convae.runs import load_run
     from convae.training import evaluate, train
 
-    raw, probe_cfg = read_recipe(path)
-    config = RunConfig.from_dict(raw, source=str(path))
+    config, probe_cfg = read_recipe(path)
     apply_overrides(config, args.set)
     config.train.threads = args.threads
     name = path.stem
@@ -204,10 +204,8 @@ def record_model(record: dict) -> dict | None:
     """The model config of a record; records written before it was stored read it from their config file."""
     if "model" in record:
         return record["model"]
-    from convae.config import RunConfig
-
     path = ROOT / record["config"]
-    return RunConfig.from_dict(read_recipe(path)[0], source=str(path)).to_dict()["model"] if path.exists() else None
+    return read_recipe(path)[0].to_dict()["model"] if path.exists() else None
 
 
 def cached_untrained(key: dict) -> dict:

@@ -49,12 +49,12 @@ class ModelConfig:
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the chosen model class."""
         norm = None if self.norm in ("none", None) else self.norm  # TOML has no null: norm = "none"
+        if norm == "auto":  # BatchNorm for the ConvAE, none for the FCAE
+            norm = "batch" if self.kind == "conv" else None
         if self.kind == "dense":
-            norm = None if norm == "auto" else norm
             return dict(hidden=tuple(self.hidden), latent_dim=self.latent_dim, activation=self.activation, norm=norm)
         kwargs = dict(
-            channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.pool,
-            norm="batch" if norm == "auto" else norm,
+            channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.pool, norm=norm,
             bottleneck=self.bottleneck, latent_dim=self.latent_dim, activation=self.activation,
             upsample=self.upsample, convs_per_stage=self.convs_per_stage,
         )

@@ -133,14 +133,17 @@ class _ImageInput:
 AUTO_FLATTEN_MAX = 64  # positions per map (8x8) up to which pool="auto" keeps every position
 
 
-def auto_pool(model, layers) -> str:
-    """``pool="auto"``: every position of small maps (Fashion-MNIST's 7x7 and 4x4), else a 4x4 average grid.
+def resolve_pool(model, layers, pool):
+    """The Pooling of ``pool`` for these layers; ``"auto"`` keeps every position of small maps
+    (Fashion-MNIST's 7x7 and 4x4) and averages larger ones to a 4x4 grid.
 
     Flattened maps gave the best linear-probe features on 28x28 images (docs/RESULTS.md); on large
     images they would give hundreds of thousands of features per image.
     """
-    sizes = [info.spatial for info in model.feature_info if info.name in layers and info.spatial is not None]
-    return "flatten" if all(h * w <= AUTO_FLATTEN_MAX for h, w in sizes) else "avg4"
+    if pool == "auto":
+        sizes = [info.spatial for info in model.feature_info if info.name in layers and info.spatial is not None]
+        pool = "flatten" if all(h * w <= AUTO_FLATTEN_MAX for h, w in sizes) else "avg4"
+    return parse_pool(pool)
 
 
 class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
@@ -164,7 +167,7 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
             torch.manual_seed(self.seed)
             model = build_model(self._kind, in_shape, **self._model_kwargs())
         layers = model.resolve_layers(self.layers)
-        pooling = parse_pool(auto_pool(model, layers) if self.pool == "auto" else self.pool)
+        pooling = resolve_pool(model, layers, self.pool)
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
         cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
                           weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss, noise=self.noise,
@@ -357,7 +360,7 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
             raise DataError("EncoderFeatures needs run_dir, the directory of a trained run")
         run = load_run(Path(self.run_dir), map_location=resolve_device(self.device))
         layers = run.model.resolve_layers(self.layers)
-        pooling = parse_pool(auto_pool(run.model, layers) if self.pool == "auto" else self.pool)
+        pooling = resolve_pool(run.model, layers, self.pool)
         self.n_features_out_ = sum(n for _, n in feature_layout(run.model, layers, pooling))
         self.in_shape_ = tuple(run.in_shape)
         if X is not None:

@@ -31,11 +31,12 @@ class Upsample2x(nn.ConvTranspose2d):
     """A 2x2, stride-2 transposed conv computed as a 1x1 conv to 4x the channels plus a reshuffle.
 
     With kernel = stride the output windows do not overlap, so the two are the same sum of the same
-    products. oneDNN runs the 1x1 conv as one matmul, 1.2-2.4x faster than its transposed-conv
-    kernel in bf16 on this project's CPU. The conv's channels come out ordered (row, column,
-    channel), so in channels_last memory the reshuffle to the 2x map is one strided copy, 2-3.6x
-    faster than ``F.pixel_shuffle`` on the same tensors (bench/bench_hotpath.py). The parameters,
-    their names and shapes are a plain ``nn.ConvTranspose2d``'s, so saved weights load either way.
+    products. oneDNN runs the 1x1 conv as one matmul. The conv's channels come out ordered (row,
+    column, channel), so in channels_last memory the reshuffle to the 2x map is one strided copy
+    (faster than ``F.pixel_shuffle`` there). The whole bf16 training step of the default model is
+    1.35x the one with ``nn.ConvTranspose2d`` on this project's CPU (bench/bench_hotpath.py,
+    docs/BENCHMARKS.md). The parameters, their names and shapes are a plain
+    ``nn.ConvTranspose2d``'s, so saved weights load either way.
     """
 
     def __init__(self, channels_in: int, channels_out: int):
