@@ -31,7 +31,7 @@ ALL_FILES = {"config.json", WEIGHTS, STATE, METRICS_JSONL, "metrics.csv"}
 def ddp_config(spec, *extra):
     return apply_overrides(RunConfig(), [f"data.spec={spec}", "data.limit=71", "model.channels=4,8", "model.latent_dim=6",
                                          "train.epochs=2", "train.batch_size=7", "train.threads=1", "train.precision=fp32",
-                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.lr=3e-3", "model.norm=none", *extra])
+                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.flip=true", "train.shift=1", "train.lr=3e-3", "model.norm=none", *extra])
 
 
 def _free_port() -> int:

@@ -42,7 +42,7 @@ def test_load_run_rebuilds_the_trained_model(tmp_path, blobs_npz, kind):
 
 # BatchNorm's forward updates its running stats, so an interrupted step must not leave them behind
 @pytest.mark.parametrize("extra", [["model.norm=batch", "train.mask_ratio=0.5", "train.optimizer=adamw", "train.schedule=cosine"],
-                                   ["train.noise=0.2", "train.mask_ratio=0.3"],
+                                   ["train.noise=0.2", "train.mask_ratio=0.3", "train.flip=true", "train.shift=2"],
                                    ["model.norm=none", "model.bottleneck=dense", "train.schedule=none", "train.mask_ratio=0"]])
 def test_resume_after_interrupt_equals_uninterrupted_bitwise(tmp_path, blobs_npz, monkeypatch, extra):
     cfg = small_config(f"npz:{blobs_npz}", *extra)
@@ -148,3 +148,38 @@ def test_extending_a_cosine_run_warns_and_a_flat_one_does_not(tmp_path, blobs_np
             train(short(2), tmp_path / schedule, resume=True, progress=False)
         warned = any("cosine-schedule run from 1 to 2 epochs" in r.getMessage() for r in caplog.records)
         assert warned == (schedule == "cosine")
+
+
+def _translated(x, dy, dx):
+    """``x`` (C, H, W) moved down by dy and right by dx pixels, zero-filled."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_augment_flips_and_shifts_each_image_and_a_share_sees_its_rows():
+    from convae.config import TrainConfig
+    from convae.training import augment
+
+    x = torch.rand(64, 2, 9, 11) + 0.1  # no zeros, so every translation is told apart
+    cfg = TrainConfig(flip=True, shift=2)
+    out = augment(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    kinds = set()
+    for img, aug in zip(x, out):
+        matches = [(f, dy, dx) for f in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(_translated(img.flip(2) if f else img, dy, dx), aug)]
+        assert len(matches) == 1, matches
+        kinds.add(matches[0])
+    assert {f for f, _, _ in kinds} == {False, True} and len(kinds) > 10  # both flips, many offsets
+    share = augment(x[16:40], cfg, torch.Generator().manual_seed(0), rows=(16, 64))
+    assert torch.equal(share, out[16:40])
+    cl = augment(x.contiguous(memory_format=torch.channels_last), cfg, torch.Generator().manual_seed(0))
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, out)
+    assert torch.equal(augment(x, TrainConfig(), torch.Generator()), x)
+
+
+def test_negative_shift_is_rejected():
+    with pytest.raises(convae.ConfigError, match="train.shift"):
+        apply_overrides(RunConfig(), ["train.shift=-1"])

@@ -81,6 +81,8 @@ class TrainConfig:
     schedule: str = "cosine"  # none | cosine
     noise: float = 0.0  # std of Gaussian noise added to inputs (denoising AE)
     mask_ratio: float = 0.5  # fraction of 4x4 input patches zeroed (masked AE)
+    flip: bool = False  # augmentation: mirror half of the images left-right (input and target alike)
+    shift: int = 0  # augmentation: translate each image by up to this many pixels, zero-filled
     val_fraction: float = 0.1
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -268,6 +270,8 @@ def validate(cfg: RunConfig, *, source: str = "config") -> None:
         raise ConfigError(f"{source}: train.val_fraction must be in [0, 1), got {t.val_fraction}")
     if not 0 <= t.mask_ratio < 1 or t.noise < 0:
         raise ConfigError(f"{source}: train.mask_ratio must be in [0, 1) and train.noise >= 0")
+    if t.shift < 0:
+        raise ConfigError(f"{source}: train.shift must be >= 0 pixels, got {t.shift}")
     if m.kind == "conv" and (not m.channels or min(m.channels) < 1):
         raise ConfigError(f"{source}: model.channels must be a non-empty list of positive ints, got {m.channels}")
     if m.kind == "dense" and any(h < 1 for h in m.hidden):

@@ -171,7 +171,7 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
         cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
                           weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss, noise=self.noise,
-                          mask_ratio=self.mask_ratio, val_fraction=0.0, seed=self.seed, precision=self.precision,
+                          mask_ratio=self.mask_ratio, flip=self.flip, shift=self.shift, val_fraction=0.0, seed=self.seed, precision=self.precision,
                           device=self.device)
         state = torch.random.get_rng_state()
         try:
@@ -207,9 +207,9 @@ class ConvAEFeatures(_AutoencoderFeatures):
     downsample : {"max", "avg", "stride"}, default "max"
         How each stage halves the map (``ConvAutoencoder(pool=...)``; renamed here because
         ``pool`` is the feature pooling).
-    epochs, batch_size, lr, optimizer, weight_decay, schedule, loss, noise, mask_ratio, seed, precision, device
+    epochs, batch_size, lr, optimizer, weight_decay, schedule, loss, noise, mask_ratio, flip, shift, seed, precision, device
         Training, as in :class:`convae.TrainConfig` (every image is used for training; no
-        validation split). ``precision="auto"`` is bf16 where the hardware runs it natively;
+        validation split; ``flip`` and ``shift`` augment the images). ``precision="auto"`` is bf16 where the hardware runs it natively;
         the transform uses the same precision.
     image_shape : (H, W) or (C, H, W), optional
         Read each row of a 2-D X as an image of this shape.
@@ -234,7 +234,7 @@ class ConvAEFeatures(_AutoencoderFeatures):
     def __init__(self, layers=(-3, -2), pool="auto", *, channels=(64, 128, 128), kernel_size=3, downsample="max", norm="batch",
                  bottleneck="conv", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=1,
                  epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
-                 noise=0.0, mask_ratio=0.5, seed=0, precision="auto",
+                 noise=0.0, mask_ratio=0.5, flip=False, shift=0, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -256,6 +256,8 @@ class ConvAEFeatures(_AutoencoderFeatures):
         self.loss = loss
         self.noise = noise
         self.mask_ratio = mask_ratio
+        self.flip = flip
+        self.shift = shift
         self.seed = seed
         self.precision = precision
         self.device = device
@@ -285,7 +287,7 @@ class DenseAEFeatures(_AutoencoderFeatures):
 
     def __init__(self, layers="bottleneck", pool="avg", *, hidden=(512, 256), latent_dim=64, activation="relu", norm=None,
                  epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
-                 noise=0.0, mask_ratio=0.5, seed=0, precision="auto",
+                 noise=0.0, mask_ratio=0.5, flip=False, shift=0, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
@@ -302,6 +304,8 @@ class DenseAEFeatures(_AutoencoderFeatures):
         self.loss = loss
         self.noise = noise
         self.mask_ratio = mask_ratio
+        self.flip = flip
+        self.shift = shift
         self.seed = seed
         self.precision = precision
         self.device = device

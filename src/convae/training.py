@@ -1,7 +1,7 @@
 """The training loop: fast defaults, exact resume, atomic checkpoints.
 
 Determinism: the train/validation split comes from ``seed``; the order of epoch ``e`` and its
-input noise/masks come from generators seeded with ``(seed, e)``. A checkpoint holds the weights,
+input noise, masks and augmentations come from generators seeded with ``(seed, e)``. A checkpoint holds the weights,
 the optimizer, the epoch and step within it, and every RNG state, so a resumed run repeats the
 uninterrupted one step for step (bitwise on CPU with a fixed thread count).
 
@@ -125,6 +125,28 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     if n_val >= n:
         raise ConfigError(f"train.val_fraction={val_fraction} leaves no training images out of {n}")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Random left-right flips and zero-filled translations of a batch (``cfg.flip``, ``cfg.shift``).
+
+    The augmented batch is both the input and the target. Draws come from ``gen`` for the whole
+    batch, as in :func:`corrupt`, so a DDP rank's share and a resumed step see the same images.
+    """
+    b, c, h, w = x.shape
+    total, keep_rows = (b, slice(None)) if rows is None else (rows[1], slice(rows[0], rows[0] + b))
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
+    if cfg.flip:
+        mirror = (torch.rand(total, generator=gen)[keep_rows] < 0.5).to(x.device)
+        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+    if cfg.shift > 0:
+        s = cfg.shift
+        dy, dx = (torch.randint(0, 2 * s + 1, (2, total), generator=gen)[:, keep_rows]).to(x.device)
+        padded = F.pad(x, (s, s, s, s))
+        ys = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        xs = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], ys, xs]
+    return x.contiguous(memory_format=fmt)
 
 
 def corrupt(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple[int, int] | None = None) -> torch.Tensor:
@@ -310,9 +332,12 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 if ctx is not None:
                     share, batch = batch, batch.images
                 target = to_input(batch, device, channels_last)  # (B, C, H, W) float32 in [0, 1]
+                augmenting = cfg.flip or cfg.shift > 0
                 corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
-                if corrupting:  # remember where this step's draws start, for a checkpoint taken mid-step
+                if augmenting or corrupting:  # remember where this step's draws start, for a checkpoint taken mid-step
                     noise_state = noise_gen.get_state()
+                if augmenting:
+                    target = augment(target, cfg, noise_gen) if share is None else augment(target, cfg, noise_gen, (share.start, share.total))
                 x = (corrupt(target, cfg, noise_gen) if share is None else corrupt(target, cfg, noise_gen, (share.start, share.total))) if corrupting else target
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, global_step, total_steps)
