@@ -59,10 +59,33 @@ def test_recipe_bench_reuses_untrained_rows_only_for_the_same_encoder_and_probe_
     monkeypatch.setattr(recipes, "RESULTS", tmp_path / "recipes.json")
     (tmp_path / "recipes.json").write_text(json.dumps(records))
     key = {"model": model, "seed": 0, "probe_train": 60000, "probe_test": 10000}
-    assert recipes.cached_untrained(key) == {("stage2:flatten", "none"): {**row, "family": "untrained"}}
+    assert recipes.cached_untrained(key) == {("stage2:flatten", "none", "C=1"): {**row, "family": "untrained"}}
     assert recipes.cached_untrained({**key, "seed": 1}) == {}
+    assert recipes.cached_untrained({**key, "solver": 2}) == {}  # rows from another logistic-regression solver
     assert recipes.cached_untrained({**key, "probe_train": 30000}) == {}
-    assert list(recipes.cached_untrained({**key, "model": other})) == [("stage1:avg", "none")]
+    assert list(recipes.cached_untrained({**key, "model": other})) == [("stage1:avg", "none", "C=1")]
+
+
+def test_recipe_bench_picks_C_on_held_out_training_images_only():
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recipes
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 40)).astype(np.float32)
+    y = rng.integers(0, 3, 900)
+    X = (centers[y] + 2.5 * rng.normal(size=(900, 40))).astype(np.float32)  # noisy, so C matters
+    train, test, y_train, y_test = X[:600], X[600:], y[:600], y[600:]
+    acc, C, val = recipes.tuned_logreg_accuracy(train, y_train, test, y_test, [1e-4, 1e-2, 1.0, 100.0], val_size=200)
+    assert set(val) == {"0.0001", "0.01", "1", "100"}
+    assert val[f"{C:g}"] == max(val.values()) and len(set(val.values())) > 1
+    assert acc == recipes.logreg_accuracy(train, y_train, test, y_test, C)  # refit on the whole training split
+    shuffled = rng.permutation(y_test)  # the test labels play no part in the choice
+    assert recipes.tuned_logreg_accuracy(train, y_train, test, shuffled, [1e-4, 1e-2, 1.0, 100.0], val_size=200)[1:] == (C, val)
 
 
 def test_defaults_follow_the_default_recipe_config():
@@ -81,12 +104,12 @@ def test_defaults_follow_the_default_recipe_config():
     default = RunConfig()
     assert default.model.model_kwargs() == recipe.model.model_kwargs()
     text = (root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml").read_text()
-    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "noise", "lr", "batch_size", "loss"):
+    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "noise", "flip", "shift", "lr", "batch_size", "loss"):
         assert getattr(default.train, key) == getattr(recipe.train, key), key
     assert "mask_ratio" in text and "schedule" in text  # the recipe sets them; the defaults are not just the old ones
     est = ConvAEFeatures()
     assert est._model_kwargs() == recipe.model.model_kwargs()
-    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "lr", "batch_size"):
+    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "flip", "shift", "lr", "batch_size"):
         assert getattr(est, key) == getattr(recipe.train, key), key
 
 
