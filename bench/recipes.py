@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "recipes.json"
 RUNS = ROOT / "bench" / "results" / "runs"
 DOC = ROOT / "docs" / "RESULTS.md"
-DEFAULT_RECIPE = "wide-bn-mask"  # convae's defaults (ModelConfig, TrainConfig, ConvAEFeatures) follow this config
+DEFAULT_RECIPE = "deep2-mask"  # convae's defaults (ModelConfig, TrainConfig, ConvAEFeatures) follow this config
 SOLVER = 2  # 2: logistic regression's gradient written out with denormals flushed (5x faster; 1 backpropagated them)
 BEGIN, END = "<!-- recipes:begin (python bench/recipes.py --table) -->", "<!-- recipes:end -->"
 
@@ -351,6 +351,13 @@ def table() -> str:
                      f"{rec['images_per_s']:.0f} | {rec['load_avg_1m']:.1f} | {rec['probe_train']}/{rec['probe_test']} | "
                      f"{rec['test_mse']:.4f}{mse_note(rec)} | {top['features']} | {head_label(top)} | {100 * top['accuracy']:.2f} | "
                      f"{100 * ub:.2f} | {100 * (top['accuracy'] - ub):+.2f} |")
+    old = sorted(f"{r['recipe']} ({r['tag']})" for r in records if r.get("solver", 1) == 1)
+    if old:
+        lines += ["", f"Solver: {', '.join(old)} were fit by backpropagating through the logits (solver 1, about 5x slower); "
+                  "the other rows write the gradient out with its denormals flushed (solver 2). The two stop at slightly "
+                  "different points of the same objective within the 150 L-BFGS iterations: wide-bn-mask-aug shares "
+                  "wide-bn-mask's untrained encoder, and its untrained rows (solver 2) differ from those (solver 1) by up to "
+                  "0.12 points. Trained and untrained rows of one recipe always share a solver."]
     lines += ["", "Every feature set probed (trained / untrained accuracy, %):", ""]
     for rec in sorted(records, key=lambda r: (r["tag"], r["recipe"])):
         cells = []

@@ -54,7 +54,7 @@ def quick_result(rgb_npz, tmp_path_factory):
 
 # --- measurements ------------------------------------------------------------------------------------------
 def test_parameter_table_has_the_15000500_reference_and_adds_up():
-    plain = ["model.kind=conv", "model.channels=32,64,128", "model.norm=none", "model.bottleneck=dense"]  # configs/baseline.toml
+    plain = ["model.kind=conv", "model.channels=32,64,128", "model.norm=none", "model.bottleneck=dense", "model.convs_per_stage=1"]  # configs/baseline.toml
     configs = {"conv": apply_overrides(RunConfig(), plain), "dense": apply_overrides(RunConfig(), ["model.kind=dense"])}
     table = parameter_table(configs, (1, 28, 28))
     assert table["reference"]["hidden1"] == 15_000_500 == 3 * 100 * 100 * 500 + 500
@@ -145,7 +145,8 @@ def test_compare_quick_on_rgb_nonsquare_measures_every_section(quick_result):
 
     hierarchy = result["hierarchy"]
     assert [r["name"] for r in hierarchy["conv"]] == ["stage1", "stage2", "bottleneck"]
-    assert [r["receptive_field"] for r in hierarchy["conv"][:2]] == [[4, 4], [10, 10]] and hierarchy["conv"][0]["spatial"] == [6, 8]
+    # two 3x3 convs per stage (the default): stage1 3+2=5, pooled 6; stage2 6+2*4=14, pooled 16
+    assert [r["receptive_field"] for r in hierarchy["conv"][:2]] == [[6, 6], [16, 16]] and hierarchy["conv"][0]["spatial"] == [6, 8]
     assert all(0 <= r["accuracy"] <= 1 for rows in hierarchy.values() for r in rows)
 
     perm = result["permutation"]

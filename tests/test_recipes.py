@@ -129,3 +129,5 @@ def test_every_recipe_config_loads_and_builds_what_it_says(name):
     assert has_bn == (raw["model"].get("norm") == "batch"), "norm must be written out in every recipe"
     for key in ("optimizer", "schedule", "mask_ratio"):
         assert key in raw["train"], f"{name}: train.{key} must be written out (its default changed with issue 7)"
+    if cfg.model.kind == "conv":
+        assert "convs_per_stage" in raw["model"], f"{name}: model.convs_per_stage must be written out (its default changed)"

@@ -93,7 +93,7 @@ def test_top_patches_are_sorted_and_match_the_channel_maximum(runs):
     model = runs["conv"].model
     data = load_dataset("digits")
     result = viz.top_patches(model, data, "stage2", k=5, max_channels=4, limit=300)
-    assert result["patches"].shape == (4, 5, 1, 10, 10)
+    assert result["patches"].shape == (4, 5, 1, 16, 16)  # stage2's receptive field with two 3x3 convs per stage
     assert np.all(np.diff(result["scores"], axis=1) <= 0)
     images, _ = viz.sample_images(data, 300)
     out = viz.layer_outputs(model, images, ["stage2"])["stage2"]

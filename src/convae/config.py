@@ -26,8 +26,8 @@ class ModelConfig:
     """Architecture. ``kind="conv"`` uses the conv fields, ``kind="dense"`` uses ``hidden``.
 
     The defaults are the recipe that gave the best frozen features on Fashion-MNIST
-    (configs/wide-bn-mask.toml, docs/RESULTS.md): 64/128/128 channels, BatchNorm, a 1x1-conv
-    bottleneck. ``norm="auto"`` is BatchNorm for the ConvAE and none for the FCAE; ``"none"`` (or
+    (configs/deep2-mask.toml, docs/RESULTS.md): 64/128/128 channels, two conv -> BatchNorm -> ReLU
+    layers per stage, a 1x1-conv bottleneck. ``norm="auto"`` is BatchNorm for the ConvAE and none for the FCAE; ``"none"`` (or
     None) is no normalization. The ``ConvAutoencoder`` class keeps the classic plain defaults
     (32/64/128, no normalization, dense bottleneck).
     """
@@ -41,7 +41,7 @@ class ModelConfig:
     latent_dim: int = 64
     activation: str = "relu"
     upsample: str = "transpose"
-    convs_per_stage: int = 1
+    convs_per_stage: int = 2
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     wta_spatial: bool = False  # winner-take-all code during training (conv bottleneck only)
     wta_lifetime: float = 0.0  # fraction of the batch that keeps each latent channel (0 = off)

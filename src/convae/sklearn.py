@@ -232,7 +232,7 @@ class ConvAEFeatures(_AutoencoderFeatures):
     _kind = "conv"
 
     def __init__(self, layers=(-3, -2), pool="auto", *, channels=(64, 128, 128), kernel_size=3, downsample="max", norm="batch",
-                 bottleneck="conv", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=1,
+                 bottleneck="conv", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=2,
                  epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
                  noise=0.0, mask_ratio=0.5, flip=False, shift=0, seed=0, precision="auto",
                  device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
