@@ -400,7 +400,7 @@ def table() -> str:
         if dense:  # with the same classifier on both sides: C=1 (the FCAE was not probed with a tuned C)
             def best_c1(records):
                 return max(100 * r["accuracy"] for rec in records for r in rec["rows"]
-                           if r["family"] == "trained" and r.get("head", "C=1") == "C=1")
+                           if r["family"] == "trained" and row_key(r)[2] == "C=1")
             cv, fc = best_c1(conv), best_c1(dense)
             lines.append(f"ConvAE vs FCAE at each one's best layer, both with C=1: {cv:.2f}% vs {fc:.2f}% ({cv - fc:+.2f} points; "
                          f"target +3.0 {'met' if cv - fc >= 3 else 'missed'}).")

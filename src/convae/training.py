@@ -127,6 +127,11 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _draw_rows(b: int, rows: tuple[int, int] | None) -> tuple[int, slice]:
+    """How many rows to draw for, and which of them are this batch's (see :func:`corrupt`)."""
+    return (b, slice(None)) if rows is None else (rows[1], slice(rows[0], rows[0] + b))
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Random left-right flips and zero-filled translations of a batch (``cfg.flip``, ``cfg.shift``).
 
@@ -134,7 +139,7 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple
     batch, as in :func:`corrupt`, so a DDP rank's share and a resumed step see the same images.
     """
     b, c, h, w = x.shape
-    total, keep_rows = (b, slice(None)) if rows is None else (rows[1], slice(rows[0], rows[0] + b))
+    total, keep_rows = _draw_rows(b, rows)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
     if cfg.flip:
         mirror = (torch.rand(total, generator=gen)[keep_rows] < 0.5).to(x.device)
@@ -156,7 +161,7 @@ def corrupt(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, rows: tuple
     (a DDP rank's share); the draws are made for the whole batch and this share's rows kept.
     """
     b, _, h, w = x.shape
-    total, keep_rows = (b, slice(None)) if rows is None else (rows[1], slice(rows[0], rows[0] + b))
+    total, keep_rows = _draw_rows(b, rows)
     if cfg.noise > 0:
         noise = torch.randn((total, *x.shape[1:]), generator=gen)[keep_rows].to(x.device, memory_format=torch.preserve_format)
         x = (x + cfg.noise * noise).clamp_(0, 1)
@@ -306,6 +311,8 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
     seen, loss_sum, mse_sum, t0 = 0, 0.0, 0.0, time.perf_counter()
     noise_state = buffers_before = None
     buffers = list(model.buffers())  # BatchNorm running statistics (and its step counter), if any
+    augmenting = cfg.flip or cfg.shift > 0
+    corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if global_step >= total_steps:
@@ -332,13 +339,12 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                 if ctx is not None:
                     share, batch = batch, batch.images
                 target = to_input(batch, device, channels_last)  # (B, C, H, W) float32 in [0, 1]
-                augmenting = cfg.flip or cfg.shift > 0
-                corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
+                rows = None if share is None else (share.start, share.total)
                 if augmenting or corrupting:  # remember where this step's draws start, for a checkpoint taken mid-step
                     noise_state = noise_gen.get_state()
                 if augmenting:
-                    target = augment(target, cfg, noise_gen) if share is None else augment(target, cfg, noise_gen, (share.start, share.total))
-                x = (corrupt(target, cfg, noise_gen) if share is None else corrupt(target, cfg, noise_gen, (share.start, share.total))) if corrupting else target
+                    target = augment(target, cfg, noise_gen, rows)
+                x = corrupt(target, cfg, noise_gen, rows) if corrupting else target
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(cfg, global_step, total_steps)
                 if buffers:  # BatchNorm's forward updates its running stats: keep them as the last whole step left them
