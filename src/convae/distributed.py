@@ -109,6 +109,7 @@ def process_group(device: torch.device) -> Iterator[DistContext | None]:
     dist.init_process_group(backend)  # env:// rendezvous from torchrun
     try:
         yield current()
+        dist.barrier()  # leave together: a rank still reading from one that has gone can crash in gloo
     finally:
         dist.destroy_process_group()
 
