@@ -212,11 +212,15 @@ def test_sharded_extraction_equals_one_process_output(ddp_job, blobs_npz, tmp_pa
 
 
 def test_cli_train_nproc_runs_torchrun_and_rank0_alone_writes(tmp_path, blobs_npz):
-    run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "convae", "train", "--nproc", "2", "--data", f"npz:{blobs_npz}", "--limit", "40",
-                           "--set", "model.channels=4", "--set", "model.latent_dim=4", "--epochs", "1", "--batch-size", "8",
-                           "--precision", "fp32", "--run-dir", str(run), "-q"], capture_output=True, text=True, env=env, timeout=300)
+    for attempt in (1, 2):  # once more only if a rank died by a signal, as ddp_job does
+        run = tmp_path / f"run{attempt}"
+        proc = subprocess.run([sys.executable, "-m", "convae", "train", "--nproc", "2", "--data", f"npz:{blobs_npz}", "--limit", "40",
+                               "--set", "model.channels=4", "--set", "model.latent_dim=4", "--epochs", "1", "--batch-size", "8",
+                               "--precision", "fp32", "--run-dir", str(run), "-q"], capture_output=True, text=True, env=env, timeout=300)
+        if proc.returncode == 0 or attempt == 2 or "received by PID" not in proc.stderr:
+            break
+        warnings.warn(f"torchrun job: a rank died by a signal; running it once more\n{proc.stderr[-3000:]}", stacklevel=1)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("trained conv model") == 1  # printed by rank 0 only
     assert {p.name for p in run.iterdir()} == ALL_FILES
