@@ -16,6 +16,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +226,28 @@ def as_dataset(images) -> ImageDataset:
     raise TypeError(f"expected an ImageDataset or an N×C×H×W tensor, got {type(images).__name__}")
 
 
+@contextlib.contextmanager
+def held_interrupt():
+    """Hold Ctrl-C (SIGINT) until the block has run, then deliver it.
+
+    A training step's update (optimizer step, step counters, running sums) must land whole or not
+    at all: Ctrl-C checkpoints the in-memory state, and one taken half-way through the optimizer's
+    loop over parameters, or between the update and the counters, would resume to different
+    weights. Only the main thread can handle signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there: KeyboardInterrupt, by default
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -364,23 +388,26 @@ def train_model(model: torch.nn.Module, data, cfg: TrainConfig, *, train_indices
                     loss.backward()
                     if cfg.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
                 else:
                     scaler.scale(loss).backward()
                     if cfg.grad_clip:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                global_step += 1
-                step_in_epoch += 1
-                noise_state = buffers_before = None  # the step is whole: the generator's and buffers' own states are the ones to keep
+                with held_interrupt():  # the update and its bookkeeping: all of it or none
+                    if scaler is None:
+                        optimizer.step()
+                    else:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    global_step += 1
+                    step_in_epoch += 1
+                    noise_state = buffers_before = None  # the step is whole: the generator's and buffers' own states are the ones to keep
+                    seen += b
+                    loss_sum += loss_value * b
+                    if cfg.loss == "mse":
+                        mse_sum += loss_value * b
                 if on_step is not None:
                     on_step(global_step, loss_value)
-                seen += b
-                loss_sum += loss_value * b
-                if cfg.loss == "mse":
-                    mse_sum += loss_value * b
                 bar.update(1)
                 if bar.n % 10 == 0 or step_in_epoch == steps_per_epoch:
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.4f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}")
