@@ -3,6 +3,10 @@
 Only this module prints. Errors that convae raises on purpose are shown as one line
 (``convae: error: ...``) with exit status 2; Ctrl-C during training exits with 130 after the
 checkpoint is saved.
+
+Each verb imports its library module when it runs, not at the top: ``convae --help`` then loads
+neither torch nor scikit-learn. Choices come from :data:`convae.config.CHOICES`; layer specs are
+parsed here, once, by :func:`convae.features.layers.parse_layer_spec`, with one meaning in every verb.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
+from .config import CHOICES, DEMO_EPOCHS
 
 logger = logging.getLogger("convae")
 
@@ -25,7 +30,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False, defaul
                    help="dataset spec: fashion-mnist, mnist, digits, folder:PATH, npz:PATH, npy:PATH")
     p.add_argument("--image-size", help="resize to HxW (e.g. 64x64); needed for folders of mixed sizes")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
-    p.add_argument("--on-bad-image", choices=("error", "skip"), help="stop at a bad image file (default) or skip and report it")
+    p.add_argument("--on-bad-image", choices=CHOICES["data", "on_bad_image"], help="stop at a bad image file (default) or skip and report it")
 
 
 def _config_from_args(args, base=None) -> "RunConfig":  # noqa: F821
@@ -69,14 +74,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .summary import describe_run
+    from .inspect import describe_run, format_description
 
     report = describe_run(args.run)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        from .summary import format_description
-
         print(format_description(report))
     return 0
 
@@ -99,9 +102,10 @@ def cmd_scan(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export
+    from .features.layers import single_set
 
-    layers = [v.strip() for v in args.layers.split(",") if v.strip()]
-    summary = export(args.run, args.out, format=args.format, layers=layers, pool=args.pool, opset=args.opset)
+    summary = export(args.run, args.out, format=args.format, layers=single_set(args.layers, verb="export"), pool=args.pool,
+                     opset=args.opset)
     if summary["format"] == "onnx":
         print(f"wrote {summary['path']}: images (batch, {', '.join(map(str, summary['input'][1:]))}) float32 in [0, 1] -> "
               f"features (batch, {summary['output'][1]}); layers {', '.join(summary['layers'])}, pool {summary['pool']}")
@@ -129,17 +133,10 @@ def _pool_list(text: str | None) -> list[str] | None:
     return specs
 
 
-def _layer_list(text: str | None):
-    """Layer names or indices from ``stage1,stage2`` / ``-1``; ``+`` joins layers into one concatenated set."""
-    items = _split_list(text)
-    if items is None:
-        return None
-    return [int(v) if v.lstrip("-").isdigit() else v for v in items]
-
-
 def cmd_extract(args) -> int:
-    from .distributed import env_world_size, extract_to_npy_sharded
-    from .features import extract_to_npy
+    from .distributed import env_world_size, is_main_process
+    from .features import extract_to_npy, extract_to_npy_sharded
+    from .features.layers import single_set
 
     data = args.data
     if data is not None and (args.image_size or args.channels):
@@ -147,25 +144,25 @@ def cmd_extract(args) -> int:
 
         data = load_dataset(args.data, args.split, image_size=parse_image_size(args.image_size), channels=args.channels)
     extract = extract_to_npy_sharded if env_world_size() > 1 else extract_to_npy
-    sidecar = extract(args.run, data, args.out, layers=_layer_list(args.layers) or "bottleneck", pool=args.pool,
+    sidecar = extract(args.run, data, args.out, layers=single_set(args.layers, verb="extract") or "bottleneck", pool=args.pool,
                       batch_size=args.batch_size, precision=args.precision, split=args.split, device=args.device,
                       progress=not args.quiet)
-    from .distributed import is_main_process
-
     if is_main_process():
         print(f"wrote {args.out}: {sidecar.get('shape')} float32 features ({', '.join(sidecar.get('layers', []))}; pool {sidecar.get('pool')})")
     return 0
 
 
 def cmd_probe(args) -> int:
-    from .probe import format_table, probe
+    from .analysis.probe import probe
+    from .analysis.tables import format_table
+    from .features.layers import parse_layer_spec
 
     kwargs = {}
     if args.labels_per_class:
         kwargs["labels_per_class"] = [None if v == "all" else int(v) for v in _split_list(args.labels_per_class)]
     if args.seeds:
         kwargs["seeds"] = [int(v) for v in _split_list(args.seeds)]
-    result = probe(args.run, args.data, layers=_layer_list(args.layers), pool=_pool_list(args.pool) or "avg2",
+    result = probe(args.run, args.data, layers=parse_layer_spec(args.layers), pool=_pool_list(args.pool) or "avg2",
                    classifiers=_split_list(args.classifiers), fcae=args.fcae, quick=args.quick, train_limit=args.train_limit,
                    precision=args.precision, device=args.device, out_dir=args.out, progress=not args.quiet, **kwargs)
     print(format_table(result))
@@ -175,17 +172,17 @@ def cmd_probe(args) -> int:
 
 
 def cmd_viz(args) -> int:
+    from .features.layers import parse_layer_spec
     from .viz import render
 
-    layers = [v.strip() for v in args.layer.split(",") if v.strip()] if args.layer else None
-    for path in render(args.run, args.kind, layers=layers, out_dir=args.out, data=args.data, others=args.with_run or (), n=args.n, seed=args.seed):
+    for path in render(args.run, args.kind, layers=parse_layer_spec(args.layers), out_dir=args.out, data=args.data, others=args.with_run or (), n=args.n, seed=args.seed):
         print(path)
     return 0
 
 
 def cmd_compare(args) -> int:
-    from ._compare_plots import format_compare
-    from .compare import compare
+    from .analysis.compare import compare
+    from .analysis.tables import format_compare
 
     sizes = [None if v.strip() == "all" else int(v) for v in args.hunger_sizes.split(",")] if args.hunger_sizes else (1000, 10000, None)
     shifts = [int(v) for v in args.shifts.split(",")] if args.shifts else (1, 2, 3, 4)
@@ -218,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a ConvAE or FCAE into a run directory")
     _add_data_args(p)
-    p.add_argument("--model", choices=("conv", "dense"), help="conv (ConvAE, default) or dense (FCAE)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--model", choices=CHOICES["model", "kind"], help="conv (ConvAE, default) or dense (FCAE)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (train.epochs; default 10)")
+    p.add_argument("--batch-size", type=int, help="images per optimizer step (train.batch_size; default 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (train.lr; default 1e-3)")
+    p.add_argument("--seed", type=int, help="seed of the weights, the split and the data order (train.seed; default 0)")
+    p.add_argument("--precision", choices=CHOICES["train", "precision"])
+    p.add_argument("--device", choices=CHOICES["train", "device"])
     p.add_argument("--threads", type=int, help="torch CPU threads (fixed thread count makes resume bitwise exact)")
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("--run-dir", required=True, help="where the run's files go")
@@ -243,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a ConvAE and an FCAE side by side and compare them")
     p.add_argument("--data", default="fashion-mnist", help="dataset spec (default fashion-mnist; digits runs in seconds offline)")
     p.add_argument("--out", default="runs/demo", help="directory for the two runs (default runs/demo)")
-    p.add_argument("--epochs", type=int, help="epochs per model (default: 3 for Fashion-MNIST/MNIST, 30 for digits)")
+    p.add_argument("--epochs", type=int, help="epochs per model (default: " + ", ".join(f"{v} for {k}" for k, v in DEMO_EPOCHS.items()) + ")")
     p.add_argument("--limit", type=int, help="use only the first N training images")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -256,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's encoder as ONNX (layers and pooling included) or encoder-only safetensors")
     p.add_argument("run")
     p.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
-    p.add_argument("--layers", default="bottleneck", help="comma-separated layer names or indices (ONNX; default bottleneck)")
+    p.add_argument("--layers", default="bottleneck", help="layers of the one feature vector, joined with + (e.g. stage2+stage3; ONNX; default bottleneck)")
     p.add_argument("--pool", default="avg", help="avg, max, avgN, maxN, spp:1,2,4 or flatten (ONNX; default avg)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--out", required=True, help="output file (encoder.onnx or encoder.safetensors)")
@@ -268,11 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=("train", "test", "all"), help="which split (default all)")
     p.add_argument("--image-size", help="resize to HxW before converting to the run's input shape")
     p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--layers", default="bottleneck", help="comma-separated layer names or indices, concatenated in order (default bottleneck)")
+    p.add_argument("--layers", default="bottleneck", help="layers of the one feature vector, joined with + in order (e.g. stage2+stage3; default bottleneck)")
     p.add_argument("--pool", default="avg", help="avg, max, avgN, maxN, spp:1,2,4 or flatten (default avg)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128: faster than 256 here, docs/BENCHMARKS.md)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the precision the run was trained with")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", choices=CHOICES["train", "precision"], help="default: the precision the run was trained with")
+    p.add_argument("--device", default="auto", choices=CHOICES["train", "device"])
     p.add_argument("--out", required=True, help="output .npy path")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_extract)
@@ -280,15 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="per-layer accuracy of classical classifiers on a run's features, beside baselines")
     p.add_argument("run")
     p.add_argument("--data", help="dataset spec with labels (default: the run's own; another dataset tests transfer)")
-    p.add_argument("--layers", help="comma-separated layers (default: every layer)")
+    p.add_argument("--layers", help="feature sets separated by ',', layers joined into one set by '+' (e.g. stage2,stage2+stage3; default: every layer)")
     p.add_argument("--pool", help="comma-separated pooling specs to try, e.g. avg2,max,spp:1,2,4 (default avg2)")
     p.add_argument("--classifiers", help="comma-separated: logreg,linear_svc,rbf_svc,random_forest,mlp (default all five)")
     p.add_argument("--fcae", help="an FCAE run whose layers join the table as a baseline")
     p.add_argument("--labels-per-class", help="comma-separated label budgets, 'all' for all (default 10,100,1000)")
     p.add_argument("--seeds", help="comma-separated seeds for the label draws (default 0,1,2)")
     p.add_argument("--train-limit", type=int, help="use a stratified sample of this many training images")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--precision", choices=CHOICES["train", "precision"])
+    p.add_argument("--device", default="auto", choices=CHOICES["train", "device"])
     p.add_argument("--quick", action="store_true", help="a subset that finishes in about a minute on Fashion-MNIST")
     p.add_argument("--out", help="directory for probe.json/csv/md (default: the run directory)")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -297,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("viz", help="visualize what each depth responds to: filters, maps, patches, maximize, recon, traverse, embedding")
     p.add_argument("run")
     p.add_argument("kind", choices=("filters", "maps", "patches", "maximize", "recon", "traverse", "embedding", "all"))
-    p.add_argument("--layer", help="comma-separated layer names or indices (default: every layer; embedding: bottleneck)")
+    p.add_argument("--layers", "--layer", dest="layers", help="comma-separated layer names or indices (default: every layer; embedding: bottleneck)")
     p.add_argument("--data", help="dataset spec to draw images from (default: the run's own, its test split where it has one)")
     p.add_argument("--with", dest="with_run", action="append", metavar="RUN", help="another run whose reconstructions join recon (e.g. the FCAE)")
     p.add_argument("--n", type=int, default=8, help="images (recon, maps) or patches per channel (default 8)")
@@ -338,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import ConvaeError, TrainingInterrupted
+    from .errors import ConvaeError, TrainingInterrupted  # no torch: errors.py imports nothing heavy
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for relaunching under torchrun (train --nproc)

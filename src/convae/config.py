@@ -314,3 +314,23 @@ def to_toml(cfg: RunConfig) -> str:
                 lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+# --- presets ------------------------------------------------------------------------------------------
+
+
+# Epochs of `convae demo` (and `convae compare`) per dataset when none are given.
+DEMO_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30}
+
+
+
+def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None) -> dict[str, RunConfig]:
+    """The ConvAE and FCAE configs that ``convae demo`` and ``convae compare`` train on ``data`` (defaults, sized for tiny images)."""
+    common = [f"data.spec={data}", f"train.epochs={epochs}"] + ([f"data.limit={limit}"] if limit else [])
+    conv = ["model.kind=conv"]
+    if in_shape is not None and min(in_shape[1:]) < 16:
+        # Tiny images (8x8 digits): two stages keep a 2x2 map before the bottleneck; three would end at 1x1.
+        # Masking 4x4 patches would hide a quarter of the image per patch: train on whole images.
+        conv += ["model.channels=32,64", "train.lr=3e-3", "train.mask_ratio=0"]
+    return {"conv": apply_overrides(RunConfig(), conv + common),
+            "dense": apply_overrides(RunConfig(), ["model.kind=dense"] + common)}

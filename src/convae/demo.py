@@ -10,31 +10,21 @@ import logging
 import time
 from pathlib import Path
 
-from .config import RunConfig, apply_overrides
+from .analysis.probe import probe
+from .analysis.tables import format_table
+from .config import DEMO_EPOCHS, demo_configs
 from .data import has_test_split, load_dataset
-from .runs import load_run
-from .training import evaluate, load_training_data, resolve_device, resolve_precision, split_indices, train
+from .report import write_report
+from .runtime import resolve_device, resolve_precision
+from .training import evaluate, load_training_data, split_indices, train
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30}
-
-
-def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None) -> dict[str, RunConfig]:
-    common = [f"data.spec={data}", f"train.epochs={epochs}"] + ([f"data.limit={limit}"] if limit else [])
-    conv = ["model.kind=conv"]
-    if in_shape is not None and min(in_shape[1:]) < 16:
-        # Tiny images (8x8 digits): two stages keep a 2x2 map before the bottleneck; three would end at 1x1.
-        # Masking 4x4 patches would hide a quarter of the image per patch: train on whole images.
-        conv += ["model.channels=32,64", "train.lr=3e-3", "train.mask_ratio=0"]
-    return {"conv": apply_overrides(RunConfig(), conv + common),
-            "dense": apply_overrides(RunConfig(), ["model.kind=dense"] + common)}
 
 
 def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs: int | None = None, limit: int | None = None,
              progress: bool = True) -> dict:
     """Train both models into ``out/<data>-<time>/{conv,dense}`` and measure them side by side."""
-    epochs = epochs or DEFAULT_EPOCHS.get(data, 5)
+    epochs = epochs or DEMO_EPOCHS.get(data, 5)
     root = Path(out) / f"{data.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_data = load_training_data(demo_configs(data, epochs, limit)["conv"])
     configs = demo_configs(data, epochs, limit, in_shape=train_data.shape)
@@ -53,8 +43,6 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
                          "train_seconds": round(sum(r["seconds"] for r in result.history), 2), "precision": result.precision,
                          **{f"{eval_name}_{k}": v for k, v in metrics.items()}}
     # The per-layer linear probe: ConvAE, FCAE, the untrained encoder and raw pixels side by side.
-    from .probe import format_table, probe
-
     logger.info("probing the ConvAE's layers beside the FCAE, the untrained encoder and raw pixels")
     probed = probe(root / "conv", data, fcae=root / "dense", quick=True, progress=progress)
     report = write_demo_report(root / "conv", root / "dense")
@@ -64,8 +52,6 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
 
 def write_demo_report(conv_run: Path, dense_run: Path) -> Path:
     """The demo's last step: the ConvAE's HTML report, the FCAE beside it (probe tables where probe.json exists)."""
-    from .report import write_report
-
     return write_report(conv_run, fcae=dense_run)
 
 
@@ -91,4 +77,4 @@ def format_demo(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_demo", "format_demo", "load_run"]
+__all__ = ["run_demo", "format_demo"]

@@ -64,3 +64,11 @@ class NonFiniteLossError(ConvaeError, FloatingPointError):
 
 class TrainingInterrupted(ConvaeError, KeyboardInterrupt):
     """Training was stopped by Ctrl-C after saving a resumable checkpoint."""
+
+
+class WriteError(ConvaeError, OSError):
+    """A file could not be written (disk full, no permission); the previous file, if any, is unchanged."""
+
+
+class ExportError(ConvaeError):
+    """An export could not be written, or does not reproduce convae's own features."""

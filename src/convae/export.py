@@ -25,18 +25,22 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import ConfigError, ConvaeError, RunError
-from .features import Pooling, extract_features, feature_layout, layer_infos, parse_pool
+from .atomic import atomic_write_bytes
+from .config import RunConfig
+from .errors import ConfigError, ExportError, RunError
+from .features import Pooling, extract_features, feature_layout, layer_infos, parse_pool, single_set
+from .models import build_from_config, model_kind
+from .runs import as_run
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,6 @@ ENCODER_FORMAT = "convae-encoder"
 ENCODER_FORMAT_VERSION = 1
 ENCODER_PREFIXES = {"conv": ("stages.", "to_latent."), "dense": ("hidden.", "to_latent.")}
 TOLERANCE = 1e-4
-
-
-class ExportError(ConvaeError):
-    """An export could not be written, or does not reproduce convae's own features."""
 
 
 # --- exportable pooling ----------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class GridPool(nn.Module):
         return self._grid(x, self.pooling.grids[0], self.pooling.kind)
 
 
-class EncoderFeatures(nn.Module):
+class EncoderModule(nn.Module):
     """The encoder cut at ``layers`` with pooling: (B, C, H, W) in [0, 1] -> (B, n_features) float32."""
 
     def __init__(self, model: nn.Module, layers="bottleneck", pool="avg"):
@@ -101,12 +101,6 @@ class EncoderFeatures(nn.Module):
 
 
 # --- ONNX ---------------------------------------------------------------------------------------------------
-def _load(run_or_path):
-    from .runs import Run, load_run
-
-    return run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
-
-
 def export_onnx(run_or_path, out_path: str | Path, *, layers="bottleneck", pool="avg", opset: int | None = None,
                 verify: bool = True) -> dict:
     """Write the encoder of a run, cut at ``layers`` and pooled, as an ONNX graph with a dynamic batch.
@@ -119,33 +113,27 @@ def export_onnx(run_or_path, out_path: str | Path, *, layers="bottleneck", pool=
         import onnx
     except ImportError:
         raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install 'convae[export]'") from None
-    run = _load(run_or_path)
+    run = as_run(run_or_path)
     model = run.model.float().to("cpu", memory_format=torch.contiguous_format).eval()
-    module = EncoderFeatures(model, layers, pool).eval()
+    module = EncoderModule(model, layers, pool).eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, *run.in_shape)
     batch = torch.export.Dim("batch", min=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad(), _quiet_exporter():
-            program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"], output_names=["features"],
-                                        dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, verbose=False)
-        proto = program.model_proto
-        meta = {"convae.format": "convae-onnx-encoder", "convae.run": str(Path(run.path).resolve()),
-                "convae.weights_sha256": run.weights_sha256, "convae.in_shape": json.dumps(list(run.in_shape)),
-                "convae.layers": json.dumps(module.layers), "convae.pool": module.pooling.spec,
-                "convae.layer_features": json.dumps(dict(module.layout)),
-                "convae.input": "images: float32 (batch, C, H, W), pixels scaled to [0, 1]"}
-        for key, value in meta.items():
-            proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        onnx.save_model(proto, tmp)
-        max_error = _verify(tmp, model, module, run.in_shape) if verify else None
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["images"], output_names=["features"],
+                                    dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, verbose=False)
+    proto = program.model_proto
+    meta = {"convae.format": "convae-onnx-encoder", "convae.run": str(Path(run.path).resolve()),
+            "convae.weights_sha256": run.weights_sha256, "convae.in_shape": json.dumps(list(run.in_shape)),
+            "convae.layers": json.dumps(module.layers), "convae.pool": module.pooling.spec,
+            "convae.layer_features": json.dumps(dict(module.layout)),
+            "convae.input": "images: float32 (batch, C, H, W), pixels scaled to [0, 1]"}
+    for key, value in meta.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    graph = proto.SerializeToString()
+    max_error = _verify(graph, model, module, run.in_shape) if verify else None
+    atomic_write_bytes(out, graph, error=ExportError)  # only a verified graph reaches the file
     n = sum(k for _, k in module.layout)
     logger.info("wrote %s: images (batch, %s) -> features (batch, %d)", out, ", ".join(map(str, run.in_shape)), n)
     return {"path": str(out), "format": "onnx", "input": ["batch", *run.in_shape], "output": ["batch", n], "layers": module.layers,
@@ -167,14 +155,14 @@ def _quiet_exporter():
         registry.setLevel(level)
 
 
-def _verify(path: str, model: nn.Module, module: EncoderFeatures, in_shape) -> float | None:
+def _verify(graph: bytes, model: nn.Module, module: EncoderModule, in_shape) -> float | None:
     """Largest |onnxruntime - convae| over random batches of 1 and 5 images; ExportError above 1e-4."""
     try:
         import onnxruntime as ort
     except ImportError:
         logger.warning("onnxruntime is not installed; the exported graph was not checked")
         return None
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
     worst = 0.0
     gen = torch.Generator().manual_seed(0)
     for n in (1, 5):
@@ -198,12 +186,7 @@ def encoder_state(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
 
 def export_safetensors(run_or_path, out_path: str | Path) -> dict:
     """Write the encoder's weights alone, with the config that rebuilds it in the header metadata."""
-    from safetensors.torch import save as st_save
-
-    from .models import model_kind
-    from .runs import atomic_write_bytes
-
-    run = _load(run_or_path)
+    run = as_run(run_or_path)
     kind = model_kind(run.model)
     state = encoder_state(run.model, kind)
     metadata = {"format": "pt", "convae.format": ENCODER_FORMAT, "convae.format_version": str(ENCODER_FORMAT_VERSION),
@@ -211,7 +194,7 @@ def export_safetensors(run_or_path, out_path: str | Path) -> dict:
                 "convae.layers": json.dumps(run.model.layer_names), "convae.run_weights_sha256": run.weights_sha256}
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, st_save(state, metadata=metadata))
+    atomic_write_bytes(out, st_save(state, metadata=metadata), error=ExportError)
     n_params = sum(v.numel() for v in state.values())
     logger.info("wrote %s: %d encoder tensors, %d parameters", out, len(state), n_params)
     return {"path": str(out), "format": "safetensors", "tensors": len(state), "parameters": n_params, "kind": kind,
@@ -224,11 +207,6 @@ def load_encoder(path: str | Path) -> nn.Module:
     The encoder (``encode``, ``forward_intermediates``, and so every convae feature) is the trained
     one; the decoder is left at its initial weights, so ``decode`` and ``forward`` are meaningless.
     """
-    from safetensors import safe_open
-
-    from .config import RunConfig
-    from .models import build_model
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -248,7 +226,7 @@ def load_encoder(path: str | Path) -> nn.Module:
         in_shape = tuple(json.loads(metadata["convae.in_shape"]))
     except (KeyError, json.JSONDecodeError, ConfigError) as e:
         raise RunError(f"{path}: damaged convae metadata ({e})") from None
-    model = build_model(config.model.kind, in_shape, **config.model.model_kwargs())
+    model = build_from_config(config, in_shape)
     expected = encoder_state(model, config.model.kind)
     if set(expected) != set(state):
         raise RunError(f"{path}: tensors do not match the encoder its metadata describes: missing {sorted(set(expected) - set(state))[:5]}, "
@@ -263,7 +241,7 @@ def load_encoder(path: str | Path) -> nn.Module:
 def export(run_or_path, out_path: str | Path, *, format: str = "onnx", layers="bottleneck", pool="avg", opset: int | None = None) -> dict:
     """``convae export``: ``format`` is ``onnx`` (layers and pooling included) or ``safetensors`` (encoder weights)."""
     if format == "onnx":
-        return export_onnx(run_or_path, out_path, layers=layers, pool=pool, opset=opset)
+        return export_onnx(run_or_path, out_path, layers=single_set(layers, verb="export") or "bottleneck", pool=pool, opset=opset)
     if format == "safetensors":
         return export_safetensors(run_or_path, out_path)
     raise ConfigError(f"export format {format!r} is not one of: onnx, safetensors")

@@ -21,10 +21,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from . import __version__
-from ._plots import figure_png
-from .runs import Run, atomic_write_text, load_run
-from .viz import _one_thread
+from . import viz
+from ._version import __version__
+from .analysis.compare import load_compare
+from .analysis.tables import format_compare, format_table
+from .atomic import atomic_write_text
+from .runs import Run, as_run
+from .runtime import thread_limit
+from .training import evaluate
+from .viz.compare_plots import compare_figures
+from .viz.plots import figure_png
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +139,6 @@ def _probe_section(run: Run) -> str:
     if not path.is_file():
         return (f"<p class='muted'>No probe results in {_esc(path)}. Run <code>convae probe {_esc(run.path)}</code> "
                 "(add <code>--quick</code> for a minute-long version) and write the report again.</p>")
-    from .probe import format_table
-
     result = json.loads(path.read_text())
     parts = [markdown_html(format_table(result))]
     fig = plot_probe(result)
@@ -201,8 +205,6 @@ def plot_probe(result: dict) -> Figure | None:
 
 
 def _viz_section(run: Run, dataset, fcae: Run | None, seed: int) -> str:
-    from . import viz
-
     model = run.model
     images, _ = viz.sample_images(dataset, 8, seed)
     models = {TITLES[run.config.model.kind]: model} | ({"FCAE": fcae.model} if fcae is not None else {})
@@ -228,8 +230,6 @@ def _viz_section(run: Run, dataset, fcae: Run | None, seed: int) -> str:
 
 
 def _recon_metrics(runs: dict[str, Run], dataset, limit: int = 2000) -> str:
-    from .training import evaluate
-
     idx = np.arange(min(len(dataset), limit))
     rows = []
     for name, run in runs.items():
@@ -242,9 +242,6 @@ def _recon_metrics(runs: dict[str, Run], dataset, limit: int = 2000) -> str:
 
 
 def _compare_section(directory) -> str:
-    from ._compare_plots import compare_figures, format_compare
-    from .compare import load_compare
-
     result = load_compare(directory)
     parts = [markdown_html(format_compare(result))]
     captions = {"parameters": "Parameters per layer (log scale) at the dataset's size and at 3x100x100.",
@@ -260,12 +257,10 @@ def _compare_section(directory) -> str:
 # --- the page --------------------------------------------------------------------------------------------
 def build_report(run, *, compare=None, fcae=None, data=None, seed: int = 0) -> str:
     """The report's HTML text for ``run`` (path or Run); ``compare``: a compare directory; ``fcae``: an FCAE run."""
-    from .viz import images_of_run
-
-    run = run if isinstance(run, Run) else load_run(run)
-    fcae = None if fcae is None else (fcae if isinstance(fcae, Run) else load_run(fcae))
+    run = as_run(run)
+    fcae = None if fcae is None else as_run(fcae)
     run.model.to("cpu").eval()
-    dataset = images_of_run(run, data)
+    dataset = viz.images_of_run(run, data)
     name = TITLES[run.config.model.kind]
     runs = {name: run} | ({"FCAE": fcae} if fcae is not None else {})
     c, h, w = run.in_shape
@@ -296,10 +291,10 @@ written by convae {_esc(__version__)} on {time.strftime('%Y-%m-%d %H:%M')}.</p>
 
 def write_report(run, *, compare=None, fcae=None, out=None, data=None, seed: int = 0) -> Path:
     """Write the report of ``run`` to ``out`` (default ``RUN/report.html``) atomically; the path."""
-    run = run if isinstance(run, Run) else load_run(run)
+    run = as_run(run)
     path = Path(out) if out is not None else Path(run.path) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _one_thread():  # many small batches: on a busy CPU one thread is faster than two waiting on each other
+    with thread_limit(1):  # many small batches: on a busy CPU one thread is faster than two waiting on each other
         text = build_report(run, compare=compare, fcae=fcae, data=data, seed=seed)
     atomic_write_text(path, text)
     logger.info("wrote %s", path)

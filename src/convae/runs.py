@@ -27,20 +27,24 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
-import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy
+import safetensors
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import atomic
+from ._version import __version__
 from .config import RunConfig
-from .errors import ConfigError, RunError, RunFormatError
+from .errors import ArchitectureError, ConfigError, RunError, RunFormatError
+from .models import build_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,61 +53,17 @@ CONFIG, WEIGHTS, STATE, METRICS_JSONL, METRICS_CSV = "config.json", "model.safet
 PENDING_WEIGHTS = "model.next.safetensors"  # weights of a checkpoint whose last rename is still to come
 
 
-# --- atomic writes -------------------------------------------------------------------------------
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from e
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise RunError(f"cannot write {path}: {e.strerror or e}; the previous file, if any, is unchanged") from e
-        raise
-    _fsync_dir(path.parent)
+    """:func:`convae.atomic.atomic_write_bytes`, reporting a failure as a RunError."""
+    atomic.atomic_write_bytes(path, data, error=RunError)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic.atomic_write_text(path, text, error=RunError)
 
 
 # --- config ---------------------------------------------------------------------------------------
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy
-    import safetensors
-
-    from . import __version__
 
     try:  # the installed version, without importing sklearn (seconds) just to read it
         sklearn_version = version("scikit-learn")
@@ -216,10 +176,9 @@ def load_trainer_state(path: str | Path) -> dict:
 
 def _rename(source: Path, target: Path, why: str) -> None:
     try:
-        os.replace(source, target)
+        atomic.replace(source, target)
     except OSError as e:
         raise RunError(f"cannot rename {source} to {target.name}: {e.strerror or e}; {why}") from e
-    _fsync_dir(target.parent)
 
 
 def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, state: dict) -> str:
@@ -332,18 +291,10 @@ class Run:
         yield self.config
 
 
-def build_from_config(config: RunConfig, in_shape) -> torch.nn.Module:
-    from .models import build_model
-
-    return build_model(config.model.kind, in_shape, **config.model.model_kwargs())
-
-
 def load_run(path: str | Path, *, map_location: str | torch.device = "cpu") -> Run:
     """Rebuild the model of a run directory from ``config.json`` and load its weights (eval mode)."""
     path = Path(path)
     config, in_shape, record = read_config(path)
-    from .errors import ArchitectureError
-
     try:
         model = build_from_config(config, in_shape)
     except ArchitectureError as e:
@@ -351,3 +302,8 @@ def load_run(path: str | Path, *, map_location: str | torch.device = "cpu") -> R
     digest = load_weights(model, path / WEIGHTS)
     model.to(map_location).eval()
     return Run(model=model, config=config, path=path, in_shape=in_shape, weights_sha256=digest, metrics=read_metrics(path), record=record)
+
+
+def as_run(run_or_path, *, map_location: str | torch.device = "cpu") -> Run:
+    """A :class:`Run` as it is, or the run directory at a path loaded (the one way every verb turns its argument into a run)."""
+    return run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path, map_location=map_location)

@@ -43,8 +43,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from .config import TrainConfig
+from .data import as_images, convert_images, load_image_files
 from .errors import DataError
-from .features import extract_features, feature_layout, feature_names, parse_pool
+from .features import extract_features, feature_layout, feature_names, parse_pool, run_precision
+from .models import build_model
+from .runs import load_run
+from .runtime import resolve_device
+from .training import train_model
 
 __all__ = ["ConvAEFeatures", "DenseAEFeatures", "EncoderFeatures"]
 
@@ -63,8 +68,6 @@ class _ImageInput:
             raise DataError(f"X is one path ({X!s}); pass a list of image paths or an array of images")
         name = type(self).__name__
         if _is_paths(X):
-            from .data import load_image_files
-
             if fit and not hasattr(self, "in_shape_"):
                 size, channels = self.image_size, self.image_channels
             else:
@@ -92,16 +95,12 @@ class _ImageInput:
             X = X.reshape(len(X), *shape)
             if len(shape) == 3:
                 X = X.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C), which as_images reads unambiguously
-        from .data import as_images
-
         return as_images(X, name="X")
 
     def _check_shape(self, images: torch.Tensor) -> torch.Tensor:
         shape = tuple(images.shape[1:])
         if shape != tuple(self.in_shape_):
             if getattr(self, "convert", False):
-                from .data import convert_images
-
                 return convert_images(images, image_size=self.in_shape_[1:], channels=self.in_shape_[0])
             raise DataError(f"X holds images of (C, H, W) = {shape}, but {type(self).__name__} was fitted on "
                             f"{tuple(self.in_shape_)}")
@@ -156,9 +155,6 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Train the autoencoder on X (``y`` is ignored) and return self."""
-        from .models import build_model
-        from .training import train_model
-
         for attr in ("model_", "in_shape_", "n_features_in_"):
             self.__dict__.pop(attr, None)  # a refit starts from nothing
         images = self._images(X, fit=True)
@@ -356,10 +352,6 @@ class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         """Load the run and validate X against it (X may be None); return self."""
-        from .features import run_precision
-        from .runs import load_run
-        from .training import resolve_device
-
         if self.run_dir is None:
             raise DataError("EncoderFeatures needs run_dir, the directory of a trained run")
         run = load_run(Path(self.run_dir), map_location=resolve_device(self.device))

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import ArchitectureError
-from ._features import FeatureModelMixin, LayerInfo, count_params, resolve_layers
-from .conv import ACTIVATIONS, _choice, _count_flops, check_in_shape, make_activation
+from .base import FeatureModelMixin, LayerInfo, count_params, resolve_layers
+from .blocks import ACTIVATIONS, check_choice, check_in_shape, count_flops, make_activation
 
 DENSE_NORMS = (None, "batch", "layer")
 
@@ -45,8 +45,8 @@ class DenseAutoencoder(FeatureModelMixin, nn.Module):
         super().__init__()
         in_shape = check_in_shape(in_shape)
         hidden = tuple(int(h) for h in hidden)
-        _choice("activation", activation, ACTIVATIONS)
-        _choice("norm", norm, DENSE_NORMS)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("norm", norm, DENSE_NORMS)
         if min(hidden, default=1) < 1 or latent_dim < 1:
             raise ArchitectureError(f"hidden units and latent_dim must be positive, got {hidden}, {latent_dim}")
         self.config = dict(in_shape=list(in_shape), hidden=list(hidden), latent_dim=latent_dim, activation=activation, norm=norm)
@@ -117,4 +117,4 @@ class DenseAutoencoder(FeatureModelMixin, nn.Module):
         return torch.sigmoid(self.reconstruct_logits(x))
 
     def flops_per_image(self) -> int:
-        return _count_flops(self, self.in_shape)
+        return count_flops(self, self.in_shape)

@@ -13,15 +13,6 @@ TITLES = {"conv": "ConvAE", "dense": "FCAE"}
 COLOURS = {"conv": "tab:blue", "dense": "tab:orange"}
 
 
-def _pct(x) -> str:
-    return "" if x is None else f"{100 * x:.1f}"
-
-
-def _md(header: list[str], rows: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-            + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 def _figure(n: int, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list]:
     fig = Figure(figsize=(width * n, height), layout="constrained")
     return fig, list(np.atleast_1d(fig.subplots(1, n)))
@@ -168,85 +159,3 @@ def compare_figures(result: dict) -> dict[str, Figure]:
     return {name: make(result[name]) for name, make in makers.items() if name in result}
 
 
-# --- tables ---------------------------------------------------------------------------------------------
-def format_compare(result: dict) -> str:
-    """Markdown tables of every section present in a compare result."""
-    meta = result["meta"]
-    c, h, w = meta["in_shape"]
-    lines = [f"ConvAE vs FCAE on {meta['data']} ({c}x{h}x{w}): {meta['n_train']:,} training images, {meta['n_test']:,} test images "
-             f"({meta['test_source']}); epochs {meta['epochs']['conv']} (ConvAE) / {meta['epochs']['dense']} (FCAE); "
-             f"linear probe: {meta['probe']}, {meta['probe_train_limit'] or 'all'} labelled training images, pooling {meta['pool']}.", ""]
-    if "parameters" in result:
-        p = result["parameters"]
-        lines += ["### Parameters", ""]
-        rows = []
-        for label in ("dataset", "large"):
-            entry = p[label]
-            shape = "x".join(map(str, entry["shape"]))
-            for kind in ("conv", "dense"):
-                counts = entry[kind]
-                if "error" in counts:
-                    rows.append([shape, TITLES[kind], counts["error"], "", "", ""])
-                    continue
-                layers = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("encoder", "decoder", "total"))
-                rows.append([shape, TITLES[kind], layers, f"{counts['encoder']:,}", f"{counts['decoder']:,}", f"{counts['total']:,}"])
-        lines += _md(["input", "model", "encoder layers", "encoder", "decoder", "total"], rows)
-        ref = p["reference"]
-        lines += ["", f"Reference: an FCAE's first 500-unit layer on {'x'.join(map(str, ref['shape']))} alone has "
-                      f"{ref['hidden1']:,} parameters ({ref['formula']}).", ""]
-    if "hierarchy" in result:
-        lines += ["### Hierarchy: receptive field and map size beside the per-layer probe", ""]
-        rows = []
-        for kind, layers in result["hierarchy"].items():
-            for r in layers:
-                rows.append([TITLES[kind], r["name"], "x".join(map(str, r["receptive_field"])),
-                             "x".join(map(str, r["spatial"])) if r["spatial"] else "-", r["stride"], r["channels"], _pct(r["accuracy"])])
-        lines += _md(["model", "layer", "receptive field", "map", "stride", "channels", "probe acc. (%)"], rows) + [""]
-    if "reconstruction" in result:
-        rec = result["reconstruction"]
-        lines += _md(["", "ConvAE", "FCAE"], [["test MSE", f"{rec['conv']['mse']:.5f}", f"{rec['dense']['mse']:.5f}"],
-                                             ["test PSNR (dB)", f"{rec['conv']['psnr']:.2f}", f"{rec['dense']['psnr']:.2f}"],
-                                             ["test SSIM", f"{rec['conv']['ssim']:.4f}", f"{rec['dense']['ssim']:.4f}"]]) + [""]
-    if "permutation" in result:
-        s = result["permutation"]["summary"]
-        lines += ["### Fixed pixel permutation", ""]
-        rows = []
-        for kind in ("conv", "dense"):
-            for layer, r in s[kind]["layers"].items():
-                rows.append([TITLES[kind], layer, _pct(r["original"]), _pct(r["permuted"]), f"{100 * r['delta']:+.1f}",
-                             f"±{100 * r['noise_2se']:.1f}", "unchanged" if r["within_noise"] else "changed"])
-        lines += _md(["model", "layer", "original (%)", "permuted (%)", "change", "2 SE", "verdict"], rows) + [""]
-        rows = [[TITLES[k], f"{s[k]['mse_original']:.5f}", f"{s[k]['mse_permuted']:.5f}", f"{s[k]['mse_ratio']:.2f}x"] for k in ("conv", "dense")]
-        lines += _md(["model", "test MSE original", "test MSE permuted", "ratio"], rows)
-        seed = ", ".join(f"{layer} {100 * d:+.1f}" for layer, d in s["seed_noise"].items())
-        lines += ["", f"Seed noise (FCAE trained with another seed on the original images, accuracy change in points): {seed}. "
-                      "2 SE: twice the binomial standard error of the difference of two test accuracies.", ""]
-    if "translation" in result:
-        t = result["translation"]
-        shifts = t["shifts"]
-        lines += ["### Translation", "", f"Equivariance of ConvAE maps ({t['n_images']} test images, {t['directions']}): relative error "
-                  "of f(shift x) against f(x) shifted by round(s / stride) cells; in brackets, against the unshifted map; "
-                  "* marks shifts the stride divides (an exact test).", ""]
-        rows = []
-        for layer, items in t["equivariance"].get("conv", {}).items():
-            rows.append([layer, items[0]["stride"]] + [f"{r['equivariance_error']:.2f} ({r['unshifted_error']:.2f}){'*' if r['exact'] else ''}"
-                                                        for r in items])
-        lines += _md(["layer", "stride"] + [f"{s} px" for s in shifts], rows) + ["", "Change of pooled features under shift (0: invariant, 1: as far as another image):", ""]
-        rows = [[TITLES[kind], name] + [f"{e:.2f}" for e in errors] for kind, curves in t["invariance"].items() for name, errors in curves.items()]
-        lines += _md(["model", "features"] + [f"{s} px" for s in shifts], rows) + ["", "Linear-probe accuracy (%) versus shift, classifier fitted on unshifted images:", ""]
-        rows = [[TITLES[kind], layer] + [_pct(a) for a in acc] for kind, layers in t["probe"].items() for layer, acc in layers.items()]
-        lines += _md(["model", "layer"] + [f"{s} px" for s in t["probe_shifts"]], rows) + [""]
-    if "hunger" in result:
-        hs = result["hunger"]
-        lines += ["### Data hunger", "", f"Each model trained for the same number of optimizer steps at every size "
-                  f"(ConvAE {hs['steps']['conv']:,}, FCAE {hs['steps']['dense']:,}); MSE on its own training images vs the test set.", ""]
-        rows = []
-        for kind in ("conv", "dense"):
-            for r in hs[kind]:
-                rows.append([TITLES[kind], f"{r['n_images']:,}", f"{r['train_mse']:.5f}", f"{r['test_mse']:.5f}", f"{r['test_mse'] / max(r['train_mse'], 1e-12):.2f}"]
-                            + ["; ".join(f"{layer} {_pct(a)}" for layer, a in r["accuracy"].items())])
-        lines += _md(["model", "images", "train MSE", "test MSE", "test/train", "probe acc. (%)"], rows) + [""]
-    secs = meta.get("seconds", {})
-    if secs:
-        lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ".")
-    return "\n".join(lines).rstrip()

@@ -5,7 +5,6 @@ Public names are re-exported by :mod:`convae.viz`.
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
@@ -13,19 +12,20 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from ._plots import plot_mosaic
-from .data import to_float
-from .errors import ConfigError
+from .plots import plot_mosaic
+from ..data import to_float
+from ..errors import ConfigError
+from ..runtime import thread_limit
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-def _float_images(images) -> torch.Tensor:
+def float_images(images) -> torch.Tensor:
     """(N, C, H, W) uint8 or float -> float32 in [0, 1]."""
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     return to_float(x)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -38,7 +38,7 @@ def sample_images(data, n: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray
         labels = None if data.labels is None else np.asarray(data.labels)[idx]
     else:
         images, labels = torch.as_tensor(np.asarray(data))[torch.from_numpy(idx)], None
-    return _float_images(images), labels
+    return float_images(images), labels
 
 
 @torch.inference_mode()
@@ -47,7 +47,7 @@ def layer_outputs(model: nn.Module, images: torch.Tensor, layers=None) -> dict[s
     was = model.training
     model.eval()
     try:
-        out = model.forward_intermediates(_float_images(images).to(_device(model)), model.resolve_layers(layers))
+        out = model.forward_intermediates(float_images(images).to(model_device(model)), model.resolve_layers(layers))
     finally:
         model.train(was)
     return {k: v.float().cpu() for k, v in out.items()}
@@ -124,17 +124,6 @@ def _unit_activation(out: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
     return out[rows, channels]
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run tiny, many-step work on one thread: on a busy CPU, hand-offs between threads cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels: int = 8, steps: int = 128, lr: float = 0.1,
                         jitter: int | None = None, l2: float = 1e-2, tv: float = 1e-2, restarts: int = 3, starts=None,
                         seed: int = 0) -> torch.Tensor:
@@ -152,7 +141,7 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
     c, h, w = model.in_shape
     jitter = max(1, min(h, w) // 8) if jitter is None else int(jitter)
     gen = torch.Generator().manual_seed(seed)
-    dev = _device(model)
+    dev = model_device(model)
     n = len(channels)
     target = torch.tensor(channels, device=dev)
 
@@ -162,12 +151,12 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
     was = model.training
     model.eval()
     try:
-        with _one_thread():
+        with thread_limit(1):
             brightness = torch.linspace(-1.5, 1.5, restarts).repeat_interleave(n).view(-1, 1, 1, 1) if restarts > 1 else torch.zeros(n, 1, 1, 1)
             p = torch.randn(restarts * n, c, h, w, generator=gen) + brightness
             if starts is not None:
                 with torch.no_grad():
-                    images = _float_images(starts).to(dev)
+                    images = float_images(starts).to(dev)
                     acts = torch.stack([_unit_activation(model.forward_intermediates(images, [info.name])[info.name].float(),
                                                          torch.full((len(images),), ch, device=dev)) for ch in channels])  # (n, N)
                     chosen = images[acts.argmax(1)].cpu()

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..atomic import atomic_file
+
 
 def as_display(image) -> np.ndarray:
     """(C, H, W) tensor/array in [0, 1] -> (H, W) gray or (H, W, 3) colour; other C: channel mean."""
@@ -66,7 +68,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG to ``path`` (parents created); the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
     return path
 
 

@@ -28,10 +28,15 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from ._plots import mosaic_axes, plot_mosaic, save_figure
-from ._viz_units import (_device, _float_images, _one_thread, crop_receptive_field, layer_outputs, maximize_activation,
-                         plot_maximized, plot_top_patches, sample_images, top_patches)
-from .errors import ConfigError
+from ..data import has_test_split
+from ..errors import ConfigError
+from ..features import extract_features, prepare_data
+from ..features.layers import separate_layers
+from ..runs import as_run
+from ..runtime import thread_limit
+from .plots import mosaic_axes, plot_mosaic, save_figure
+from .units import (crop_receptive_field, float_images, layer_outputs, maximize_activation, model_device, plot_maximized,
+                    plot_top_patches, sample_images, top_patches)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ def plot_feature_maps(model: nn.Module, images, layers=None, max_channels: int =
     share one colour scale (its min..max over the shown images). Vector layers are drawn as one
     tile of units per image.
     """
-    images = _float_images(images)
+    images = float_images(images)
     outs = layer_outputs(model, images, layers)
     fig = Figure(figsize=(max(4.0, 0.55 * (max_channels + 1) + 1.2), 0.9 + 0.55 * len(images) * (len(outs) + 1)), layout="constrained")
     axes = fig.subplots(len(outs) + 1, 1, squeeze=False)[:, 0]
@@ -101,14 +106,14 @@ def reconstruct(model: nn.Module, images) -> torch.Tensor:
     was = model.training
     model.eval()
     try:
-        return model(_float_images(images).to(_device(model))).float().cpu()
+        return model(float_images(images).to(model_device(model))).float().cpu()
     finally:
         model.train(was)
 
 
 def plot_reconstructions(models: dict[str, nn.Module], images) -> Figure:
     """Row 1: the inputs; then one row per model (e.g. ``{"ConvAE": conv, "FCAE": dense}``) with its MSE."""
-    images = _float_images(images)
+    images = float_images(images)
     rows, labels = [images], ["input"]
     for name, model in models.items():
         recon = reconstruct(model, images)
@@ -131,8 +136,8 @@ def traverse_latent(model: nn.Module, image, data=None, *, units=None, n_units: 
     was = model.training
     model.eval()
     try:
-        dev = _device(model)
-        z = model.encode(_float_images(image).reshape(1, *model.in_shape).to(dev)).float()  # (1, D) or (1, D, h, w)
+        dev = model_device(model)
+        z = model.encode(float_images(image).reshape(1, *model.in_shape).to(dev)).float()  # (1, D) or (1, D, h, w)
         if data is not None:
             sample, _ = sample_images(data, limit)
             zs = torch.cat([model.encode(sample[i:i + 256].to(dev)).float() for i in range(0, len(sample), 256)])
@@ -175,8 +180,6 @@ def plot_traversal(model: nn.Module, image, data=None, **kwargs) -> Figure:
 def embed_features(model: nn.Module, data, *, layer="bottleneck", pool: str = "avg", method: str = "pca", limit: int = 2000,
                    seed: int = 0) -> dict:
     """Pooled features of up to ``limit`` images projected to 2-D: ``coords`` (N, 2), ``labels`` or None."""
-    from .features import extract_features
-
     images, labels = sample_images(data, limit, seed)
     feats = extract_features(model, images, layers=[layer], pool=pool)
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
@@ -222,9 +225,6 @@ def plot_embedding(model: nn.Module, data, **kwargs) -> Figure:
 # --- the verb -----------------------------------------------------------------------------------------
 def images_of_run(run, data, split: str | None = None):
     """The images to draw: ``data`` (a spec or dataset) or the run's own dataset, test split when it has one."""
-    from .data import has_test_split
-    from .features import prepare_data
-
     data = run.config.data.spec if data is None else data
     if isinstance(data, str):
         split = split or ("test" if has_test_split(data) else "train")
@@ -238,11 +238,10 @@ def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, se
     ``layers``: for ``patches``/``embedding`` one figure per layer (default: every layer for
     patches, the bottleneck for embedding); for ``maps``/``maximize`` the rows.
     """
-    from .runs import Run, load_run
-
     if kind not in KINDS:
         raise ConfigError(f"viz kind {kind!r} is not one of: {', '.join(KINDS)}")
-    run = run if isinstance(run, Run) else load_run(run)
+    layers = separate_layers(layers, verb="viz")
+    run = as_run(run)
     model = run.model
     dataset = images_of_run(run, data) if kind != "filters" else None
     if kind == "filters":
@@ -255,7 +254,7 @@ def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, se
         title = {"conv": "ConvAE", "dense": "FCAE"}
         models = {f"{title[run.config.model.kind]} ({Path(run.path).name})": model}
         for other in others:
-            other = other if isinstance(other, Run) else load_run(other)
+            other = as_run(other)
             if tuple(other.in_shape) != tuple(run.in_shape):
                 raise ConfigError(f"{other.path} takes images of shape {other.in_shape}, {run.path} takes {run.in_shape}")
             models[f"{title[other.config.model.kind]} ({Path(other.path).name})"] = other.model
@@ -272,13 +271,11 @@ def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, se
 
 def render(run, kind: str, *, layers=None, out_dir=None, data=None, others=(), n: int = 8, seed: int = 0) -> list[Path]:
     """Save one kind of visualization (or ``"all"``) as PNGs in ``out_dir`` (default RUN/viz); the paths."""
-    from .runs import Run, load_run
-
-    run = run if isinstance(run, Run) else load_run(run)
+    run = as_run(run)
     out = Path(out_dir) if out_dir is not None else Path(run.path) / "viz"
     kinds = KINDS if kind == "all" else (kind,)
     paths = []
-    with _one_thread():  # small batches: on a busy CPU one thread is faster than two waiting on each other
+    with thread_limit(1):  # small batches: on a busy CPU one thread is faster than two waiting on each other
         for k in kinds:
             for name, fig in figures(run, k, layers=layers, data=data, others=others, n=n, seed=seed).items():
                 paths.append(save_figure(fig, out / f"{name}.png"))

@@ -25,7 +25,6 @@ import gzip
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -34,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, DatasetNotFoundError
+from ..atomic import atomic_file
+from ..errors import DataError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -212,23 +212,30 @@ def _download(source: IdxSource, filename: str) -> Path:
     target = folder / filename
     if target.is_file():  # an earlier, partial run fetched this one already
         return target
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     url = source.mirror + filename
     logger.info("downloading %s", url)
     digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{filename}.", delete=False) as tmp:
-        try:
+    try:
+        with atomic_file(target, error=DataError) as tmp:  # a failed or mismatched download leaves nothing behind
             with urllib.request.urlopen(url, timeout=60) as response:
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     tmp.write(chunk)
-        except BaseException:
-            tmp.close()
-            os.unlink(tmp.name)
-            raise
-    if digest.hexdigest() != source.sha256[filename]:
-        os.unlink(tmp.name)
-        raise DataError(f"{url}: SHA-256 {digest.hexdigest()} does not match the pinned "
-                        f"{source.sha256[filename]}; the download was discarded")
-    os.replace(tmp.name, target)
+            if digest.hexdigest() != source.sha256[filename]:
+                raise DataError(f"{url}: SHA-256 {digest.hexdigest()} does not match the pinned "
+                                f"{source.sha256[filename]}; the download was discarded")
+    except BaseException:
+        if created:
+            _remove_if_empty(folder)
+        raise
     return target
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a cache folder this attempt created and left empty (a failed download leaves no trace)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -24,7 +24,7 @@ that the autoencoders never see):
   versus the test set, and linear-probe accuracy;
 - ``hierarchy``: receptive field and map size per layer beside the per-layer probe accuracy.
 
-Every linear-probe number comes from :func:`convae.probe.probe` (logistic regression on
+Every linear-probe number comes from :func:`convae.analysis.probe.probe` (logistic regression on
 standardized features, the same stratified sample of ``probe_train_limit`` labelled training
 images, scored on the test set). Being deterministic, the classifier fitted on unshifted
 features is the same for every shift. Results go to ``compare.json`` and PNG plots in ``out_dir``.
@@ -42,12 +42,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, apply_overrides
-from .data import ImageDataset, has_test_split, load_dataset
-from .errors import ConfigError, DataError, RunError
-from ._measures import (_all_images, _with_images, equivariance, invariance, parameter_table, permute_images,
-                        pixel_permutation, shift_images, shifted_dataset)
-from .runs import Run, atomic_write_text, load_run, read_metrics
+from .. import runs
+from ..atomic import atomic_write_json, atomic_write_text
+from ..config import DEMO_EPOCHS, RunConfig, apply_overrides, demo_configs
+from ..data import ImageDataset, has_test_split, load_dataset
+from ..errors import ConfigError, DataError, RunError
+from ..runs import Run, load_run, read_metrics
+from ..training import evaluate, load_training_data, split_indices, train
+from ..training.plan import epochs_for_steps, n_train_images, total_steps
+from ..viz.compare_plots import compare_figures
+from ..viz.plots import save_figure
+from .measures import (all_images, equivariance, invariance, parameter_table, permute_images, pixel_permutation, shift_images,
+                       shifted_dataset, with_images)
+from .probe import probe
+from .tables import format_compare
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +75,6 @@ def _finished(run_dir: Path, cfg: RunConfig) -> bool:
 def train_or_reuse(cfg: RunConfig, run_dir: Path, dataset: ImageDataset, progress: bool = False) -> Run:
     """Train ``cfg`` on ``dataset`` into ``run_dir``; a finished run there with the same config is reused,
     an unfinished one is resumed (so a killed compare picks up where it stopped)."""
-    from . import runs
-    from .training import train
-
     if (run_dir / runs.WEIGHTS).exists():
         saved = runs.read_config(run_dir)[0]
         if saved.to_dict() != cfg.to_dict():
@@ -84,29 +89,19 @@ def train_or_reuse(cfg: RunConfig, run_dir: Path, dataset: ImageDataset, progres
 
 
 def _steps(cfg: RunConfig, n_images: int) -> int:
-    from .training import split_indices
-
-    n_train = len(split_indices(n_images, cfg.train.val_fraction, cfg.train.seed)[0])
-    per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    total = per_epoch * cfg.train.epochs
-    return total if cfg.train.max_steps is None else min(total, cfg.train.max_steps)
+    return total_steps(cfg.train, n_train_images(n_images, cfg.train))
 
 
 def _with_steps(cfg: RunConfig, n_images: int, steps: int) -> RunConfig:
     """``cfg`` trained for exactly ``steps`` optimizer steps on ``n_images`` images."""
-    from .training import split_indices
-
-    n_train = len(split_indices(n_images, cfg.train.val_fraction, cfg.train.seed)[0])
-    per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    return apply_overrides(RunConfig.from_dict(cfg.to_dict()), [f"train.epochs={math.ceil(steps / per_epoch)}", f"train.max_steps={steps}"])
+    epochs = epochs_for_steps(steps, n_train_images(n_images, cfg.train), cfg.train.batch_size)
+    return apply_overrides(RunConfig.from_dict(cfg.to_dict()), [f"train.epochs={epochs}", f"train.max_steps={steps}"])
 
 
 # --- probes -----------------------------------------------------------------------------------------
 def probe_layers(run: Run, train_data: ImageDataset, test_data: ImageDataset, layers, *, pool: str, seed: int,
                  train_limit: int | None, precision: str) -> dict[str, float]:
-    """Linear-probe test accuracy per layer, by :func:`convae.probe.probe` (logistic regression, all labels)."""
-    from .probe import probe
-
+    """Linear-probe test accuracy per layer, by :func:`convae.analysis.probe.probe` (logistic regression, all labels)."""
     result = probe(run, data=train_data, test_data=test_data, layers=None if layers is None else list(layers), pool=pool, classifiers=["logreg"],
                    scan_classifier="logreg", baselines=(), labels_per_class=[], seeds=[seed], train_limit=train_limit,
                    precision=precision, device="cpu", write=False)
@@ -137,8 +132,6 @@ def _split(data: ImageDataset, spec: str, seed: int, test_limit: int | None) -> 
 
 
 def _configs(data: str, epochs: int, limit, in_shape, overrides, conv_overrides, dense_overrides) -> dict[str, RunConfig]:
-    from .demo import demo_configs
-
     base = demo_configs(data, epochs, limit, in_shape=in_shape)
     extra = {"conv": conv_overrides, "dense": dense_overrides}
     return {k: apply_overrides(cfg, ["train.precision=fp32"] + list(overrides) + list(extra[k])) for k, cfg in base.items()}
@@ -173,8 +166,6 @@ class _Setting:
         return probe_layers(run, train_data or self.train_data, test_data or self.test_data, layers, **self.probe_kw)
 
     def test_metrics(self, run: Run, data=None, indices=None) -> dict[str, float]:
-        from .training import evaluate
-
         return evaluate(run.model, data or self.test_data, indices, precision="fp32", device=torch.device("cpu"))
 
     def train(self, cfg: RunConfig, name: str, data: ImageDataset) -> Run:
@@ -183,7 +174,7 @@ class _Setting:
 
 def _permutation(st: _Setting, seed: int) -> dict:
     perm = pixel_permutation(st.train_data.shape, seed)
-    data = {split: _with_images(d, permute_images(_all_images(d), perm), f"{d.spec}+permuted")
+    data = {split: with_images(d, permute_images(all_images(d), perm), f"{d.spec}+permuted")
             for split, d in (("train", st.train_data), ("test", st.test_data))}
     section = {"permutation_seed": seed, "n_test": len(st.test_data)}
     for kind in st.models:
@@ -201,7 +192,7 @@ def _permutation(st: _Setting, seed: int) -> dict:
 
 
 def _translation(st: _Setting, shifts, analysis_limit: int, pool: str, seed: int) -> dict:
-    sample = _all_images(st.test_data)[:analysis_limit]
+    sample = all_images(st.test_data)[:analysis_limit]
     models = st.models
     section = {"shifts": list(shifts), "directions": "right, left, down, up (averaged); zero fill", "n_images": len(sample),
                "equivariance": {k: equivariance(run.model, sample, shifts) for k, run in models.items()},
@@ -217,8 +208,6 @@ def _translation(st: _Setting, shifts, analysis_limit: int, pool: str, seed: int
 
 
 def _hunger(st: _Setting, hunger_sizes, seed: int) -> dict:
-    from .training import split_indices
-
     n_all = len(st.train_data)
     sizes = sorted({int(s) for s in hunger_sizes if s is not None and int(s) < n_all})
     order = np.random.default_rng(seed).permutation(n_all)
@@ -280,9 +269,6 @@ def compare(data: str = "fashion-mnist", out_dir: str | Path = "runs/compare", *
     dict
         What ``compare.json`` holds: ``meta`` and one entry per section (and ``reconstruction``).
     """
-    from .demo import DEFAULT_EPOCHS
-    from .training import load_training_data
-
     t_start = time.perf_counter()
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -293,7 +279,7 @@ def compare(data: str = "fashion-mnist", out_dir: str | Path = "runs/compare", *
         hunger_sizes = hunger_sizes if tuple(hunger_sizes) != (1000, 10000, None) else QUICK["hunger_sizes"]
         probe_train_limit = min(probe_train_limit or QUICK["probe_train_limit"], QUICK["probe_train_limit"])
         analysis_limit = min(analysis_limit, QUICK["analysis_limit"])
-    epochs = epochs or DEFAULT_EPOCHS.get(data, 5)
+    epochs = epochs or DEMO_EPOCHS.get(data, 5)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -352,11 +338,8 @@ def compare(data: str = "fashion-mnist", out_dir: str | Path = "runs/compare", *
 
 def write_compare(result: dict, out_dir: str | Path) -> None:
     """Write ``compare.json``, ``compare.md`` and one PNG per section into ``out_dir``."""
-    from ._compare_plots import compare_figures, format_compare
-    from ._plots import save_figure
-
     out = Path(out_dir)
-    atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "compare.json", result)
     atomic_write_text(out / "compare.md", format_compare(result) + "\n")
     for name, fig in compare_figures(result).items():
         save_figure(fig, out / f"{name}.png")

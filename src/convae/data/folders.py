@@ -20,7 +20,7 @@ import torch
 import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadImageError, DataError, DatasetNotFoundError
+from ..errors import BadImageError, DataError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
 

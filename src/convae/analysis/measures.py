@@ -8,10 +8,11 @@ import math
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import ImageDataset, to_float
-from .errors import ConfigError
-from .models import DenseAutoencoder, build_model
+from ..config import RunConfig
+from ..data import ImageDataset, to_float
+from ..errors import ConfigError
+from ..features import parse_pool
+from ..models import DenseAutoencoder, build_from_config
 
 
 # --- images ---------------------------------------------------------------------------------------------
@@ -28,17 +29,17 @@ def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # right, left, down, up
 
 
-def _all_images(data: ImageDataset) -> torch.Tensor:
+def all_images(data: ImageDataset) -> torch.Tensor:
     return torch.cat(list(data.batches(np.arange(len(data)), 4096)))
 
 
-def _with_images(data: ImageDataset, images: torch.Tensor, spec: str) -> ImageDataset:
+def with_images(data: ImageDataset, images: torch.Tensor, spec: str) -> ImageDataset:
     return ImageDataset(images, data.labels, spec, data.split, data.class_names)
 
 
 def shifted_dataset(data: ImageDataset, shift: int, seed: int = 0) -> ImageDataset:
     """``data`` with every image shifted by ``shift`` px in a direction drawn per image (seeded)."""
-    images = _all_images(data)
+    images = all_images(data)
     if shift == 0:
         return data
     direction = np.random.default_rng(seed).integers(0, len(DIRECTIONS), len(images))
@@ -46,7 +47,7 @@ def shifted_dataset(data: ImageDataset, shift: int, seed: int = 0) -> ImageDatas
     for d, (dy, dx) in enumerate(DIRECTIONS):
         rows = torch.from_numpy(np.flatnonzero(direction == d))
         out[rows] = shift_images(images[rows], dy * shift, dx * shift)
-    return _with_images(data, out, f"{data.spec}+shift{shift}")
+    return with_images(data, out, f"{data.spec}+shift{shift}")
 
 
 def pixel_permutation(shape, seed: int) -> torch.Tensor:
@@ -75,7 +76,7 @@ def parameter_table(configs: dict[str, RunConfig], in_shape, big_shape=(3, 100, 
         entry = {"shape": list(shape)}
         for kind, cfg in configs.items():
             try:
-                entry[kind] = _layer_params(build_model(cfg.model.kind, shape, **cfg.model.model_kwargs()))
+                entry[kind] = _layer_params(build_from_config(cfg, shape))
             except Exception as error:  # an architecture that does not fit this size
                 entry[kind] = {"error": str(error)}
         table[label] = entry
@@ -130,8 +131,6 @@ def equivariance(model, images: torch.Tensor, shifts) -> dict[str, list[dict]]:
 @torch.inference_mode()
 def invariance(model, images: torch.Tensor, shifts, pools=("avg",)) -> dict[str, list[float]]:
     """Relative change of pooled features under shifts: ``{"layer/pool": [error per shift]}`` (0: invariant)."""
-    from .features import parse_pool
-
     x = to_float(images)
     base = _outputs(model, x, None)
     result: dict[str, list[float]] = {}
