@@ -61,7 +61,7 @@ def machine_info() -> dict:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         mem_gib = None
-    from convae.training import cpu_has_fast_bf16
+    from convae.runtime import cpu_has_fast_bf16
 
     return {
         "cpu": _cpu_model(),

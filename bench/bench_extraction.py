@@ -43,7 +43,7 @@ def _extract(run, images, layer: str, precision: str | None, batch_size: int, ou
 def speed(run_dir: Path, *, n_images: int, repeats: int, layers=("stage1", "stage2", "bottleneck"),
           batch_sizes=(256, 128)) -> dict:
     from convae import load_run
-    from convae.training import resolve_precision
+    from convae.runtime import resolve_precision
 
     run = load_run(run_dir)
     images = fashion("train").images[:n_images]

@@ -26,7 +26,8 @@ BATCH = 128
 def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool = False, item: bool = True,
               set_to_none: bool = True, compile: bool = False, transpose: bool = False):
     """A closure running one training step of the default ConvAE, built like the trainer builds it."""
-    from convae.training import autocast, reconstruction_loss, resolve_device, resolve_precision
+    from convae.runtime import autocast, resolve_device, resolve_precision
+    from convae.training import reconstruction_loss
 
     device = torch.device("cpu")
     precision = precision or resolve_precision("auto", resolve_device("cpu"))

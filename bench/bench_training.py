@@ -142,7 +142,7 @@ def compare(n_images: int, repeats: int, thread_count: int | None) -> dict:
 
 
 def roofline(rates: dict, peaks: dict) -> dict:
-    from convae.training import resolve_device, resolve_precision
+    from convae.runtime import resolve_device, resolve_precision
 
     forward = default_model().flops_per_image()
     per_image = 3 * forward

@@ -138,7 +138,7 @@ def read_recipe(path: Path):
 def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
     """Every feature set in ``specs`` ("stage1+stage2:max2") from one pass of the encoder over ``data``."""
     from convae.features import parse_pool
-    from convae.training import to_input
+    from convae.runtime import to_input
 
     parsed = {}
     for spec in specs:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convae.cli import main
-from convae.compare import (SECTIONS, compare, equivariance, invariance, load_compare, parameter_table, permute_images,
+from convae.analysis.compare import (SECTIONS, compare, equivariance, invariance, load_compare, parameter_table, permute_images,
                             pixel_permutation, shift_images, shifted_dataset)
 from convae.config import RunConfig, apply_overrides
 from convae.data import load_dataset

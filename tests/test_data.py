@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convae import _idx
+from convae.data import idx as _idx
 from convae.data import (ImageDataset, as_images, convert_images, dataset_fingerprint, has_test_split,
                          load_dataset, load_image_files, parse_image_size, scan, to_float)
 from convae.errors import BadImageError, DataError, DatasetNotFoundError

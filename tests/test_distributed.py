@@ -22,7 +22,8 @@ import torch.multiprocessing as mp
 
 from convae import load_run
 from convae.config import RunConfig, apply_overrides
-from convae.distributed import RankBatch, rank_batches, shard_range, DistContext
+from convae.distributed import DistContext, shard_range
+from convae.training.shards import RankBatch, rank_batches
 from convae.runs import METRICS_JSONL, STATE, WEIGHTS
 
 WORLD = 2
@@ -59,8 +60,8 @@ def _worker(rank: int, port: int, spec: str, out: str) -> None:
     os.dup2(log.fileno(), 2)
     faulthandler.enable(log)
 
-    import convae.training as training
-    from convae.distributed import extract_to_npy_sharded
+    import convae.training.loop as training
+    from convae.features import extract_to_npy_sharded
     from convae.models import build_model
     from convae.training import load_training_data, split_indices, train, train_model
 

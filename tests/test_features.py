@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from convae import features
+from convae.features import extract as features
 from convae.config import RunConfig, apply_overrides
 from convae.data import ImageDataset
 from convae.errors import ConfigError, DataError, LayerError

@@ -29,8 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from convae import _idx, runs
-from convae._images import decode_image, probe_image
+from convae import runs
+from convae.data import idx as _idx
+from convae.data.folders import decode_image, probe_image
 from convae.config import RunConfig, apply_overrides, load_config
 from convae.data import load_dataset, load_image_files
 from convae.errors import ConvaeError

@@ -10,7 +10,9 @@ import torch
 
 from convae.config import RunConfig, apply_overrides
 from convae.errors import ConfigError, DataError
-from convae.probe import CLASSIFIERS, format_table, probe
+from convae.analysis.classifiers import CLASSIFIERS
+from convae.analysis.probe import probe
+from convae.analysis.tables import format_table
 from convae.training import train
 
 RECORD_KEYS = {"feature_set", "family", "layers", "pool", "dim", "classifier", "labels_per_class", "n_train", "n_test", "protocol",

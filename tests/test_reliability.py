@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import convae
-from convae import NonFiniteLossError, RunError, RunFormatError, TrainingInterrupted, cli, runs
+from convae import NonFiniteLossError, RunError, RunFormatError, TrainingInterrupted, atomic, cli, runs
 from convae.config import RunConfig, apply_overrides
 from convae.runs import CONFIG, METRICS_JSONL, PENDING_WEIGHTS, STATE, WEIGHTS, load_run, load_trainer_state
 from convae.training import train
@@ -191,7 +191,7 @@ def _library_entry_points(tiny, tmp_path):
     yield "EncoderFeatures", lambda run: EncoderFeatures(run).fit()
     yield "extract_to_npy", lambda run: extract_to_npy(run, f"npz:{tiny['data']}", tmp_path / "features.npy", progress=False)
     try:
-        from convae.probe import probe
+        from convae.analysis.probe import probe
     except ImportError:
         pass
     else:
@@ -290,7 +290,7 @@ def _fd_name(fd: int) -> str:
 
 def _inject(monkeypatch, fault: str, target: str) -> None:
     """Make the write of `target` (a run file name) fail the way `fault` says."""
-    real_fdopen, real_fsync, real_mkstemp, real_replace = os.fdopen, os.fsync, runs.tempfile.mkstemp, os.replace
+    real_fdopen, real_fsync, real_mkstemp, real_replace = os.fdopen, os.fsync, atomic.tempfile.mkstemp, os.replace
 
     class FullFile(io.RawIOBase):
         def __init__(self, f):
@@ -324,10 +324,10 @@ def _inject(monkeypatch, fault: str, target: str) -> None:
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(runs.os, "fdopen", fdopen)
-    monkeypatch.setattr(runs.os, "fsync", fsync)
-    monkeypatch.setattr(runs.tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr(runs.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(atomic.os, "replace", replace)
 
 
 FAULTS = [
@@ -398,7 +398,7 @@ def test_ctrl_c_during_the_optimizer_step_is_held_until_the_step_is_whole(tiny, 
     Before this was held, a checkpoint could hold the step's new weights with the position before
     it, and resuming redid the step: CI saw it once in the CLI Ctrl-C test above (1 run in 40 here).
     """
-    import convae.training as training
+    import convae.training.loop as training
 
     original, calls = training.make_optimizer, {"n": 0}
 
@@ -428,7 +428,7 @@ def test_ctrl_c_during_the_optimizer_step_is_held_until_the_step_is_whole(tiny, 
 @pytest.mark.parametrize("where", ["evaluate", "save_checkpoint"])
 def test_ctrl_c_at_the_end_of_an_epoch_resumes_bitwise(tiny, tmp_path, monkeypatch, where):
     """Ctrl-C while the epoch's validation or checkpoint runs: the epoch counts once, and only once."""
-    import convae.training as training
+    import convae.training.loop as training
 
     module = training if where == "evaluate" else runs
     original = getattr(module, where)

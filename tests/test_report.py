@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from convae.cli import main
-from convae.compare import compare
+from convae.analysis.compare import compare
 from convae.config import RunConfig, apply_overrides
 from convae.data import load_dataset
-from convae.probe import probe
+from convae.analysis.probe import probe
 from convae.report import build_report, markdown_html, write_report
 from convae.training import train
 

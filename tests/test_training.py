@@ -48,7 +48,7 @@ def test_resume_after_interrupt_equals_uninterrupted_bitwise(tmp_path, blobs_npz
     cfg = small_config(f"npz:{blobs_npz}", *extra)
     full = train(cfg, tmp_path / "full", progress=False)
 
-    import convae.training as training
+    import convae.training.loop as training
 
     original = training.reconstruction_loss
     calls = {"n": 0}
@@ -99,7 +99,7 @@ def test_exception_mid_save_keeps_previous_checkpoint(tmp_path, blobs_npz, monke
     good_weights = (tmp_path / "r" / WEIGHTS).read_bytes()
     good_state = (tmp_path / "r" / STATE).read_bytes()
 
-    import convae.runs as runs
+    import convae.atomic as runs  # the one atomic writer's os
 
     def exploding_fsync(fd):
         raise OSError(28, "No space left on device")
@@ -118,7 +118,7 @@ def test_non_finite_loss_names_epoch_and_step_and_writes_nothing(tmp_path, blobs
     cfg = small_config(f"npz:{blobs_npz}", "train.epochs=1")
     train(cfg, tmp_path / "r", progress=False)
     before = (tmp_path / "r" / WEIGHTS).read_bytes()
-    import convae.training as training
+    import convae.training.loop as training
 
     original = training.reconstruction_loss
     monkeypatch.setattr(training, "reconstruction_loss", lambda *a: original(*a) * float("nan"))
