@@ -1,9 +1,10 @@
 """Two CPU processes (gloo) give what one process gives: per-step losses, weights, resume, extraction.
 
 One module-scoped job spawns two ranks once and runs every distributed scenario in them; the
-tests compare its outputs with single-process runs made here. Data: 71 blobs images, so 64
-train images in global batches of 7 (shards of 4 and 3) and a last batch of 1 (one rank runs a
-stand-in at weight 0).
+tests compare its outputs with single-process runs made here. The model is the default ConvAE,
+BatchNorm on (synchronised over the ranks), with one more training run without BatchNorm. Data:
+71 blobs images, so 64 train images in global batches of 7 (shards of 4 and 3) and a last batch
+of 1 (one rank runs a stand-in at weight 0, which must stay out of the BatchNorm statistics).
 """
 
 from __future__ import annotations
@@ -33,7 +34,40 @@ ALL_FILES = {"config.json", WEIGHTS, STATE, METRICS_JSONL, "metrics.csv"}
 def ddp_config(spec, *extra):
     return apply_overrides(RunConfig(), [f"data.spec={spec}", "data.limit=71", "model.channels=4,8", "model.latent_dim=6",
                                          "train.epochs=2", "train.batch_size=7", "train.threads=1", "train.precision=fp32",
-                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.flip=true", "train.shift=1", "train.lr=3e-3", "model.norm=none", *extra])
+                                         "train.noise=0.1", "train.mask_ratio=0.2", "train.flip=true", "train.shift=1", "train.lr=3e-3", *extra])
+
+
+NORMS = {"batch": (), "none": ("model.norm=none",)}  # the default model (BatchNorm), and one without
+
+
+def gradient_free(weights: dict) -> set[str]:
+    """The biases of convs feeding a BatchNorm layer (``P.i.bias`` where ``P.{i+1}`` is one), and its running means.
+
+    BatchNorm takes out any per-channel shift of its input, so such a bias has a true gradient of
+    exactly 0 and Adam moves it on rounding noise alone (its step is noise / (|noise| + eps)); its
+    BatchNorm's running mean follows it. Two single-process runs with 1 and 2 threads differ there
+    by about 5% (and agree to 1e-5 elsewhere), so these are left out of the weight comparison;
+    what the network computes does not depend on them in training, and the validation metrics
+    (eval mode) are compared in the history.
+    """
+    free = set()
+    for key in weights:
+        prefix, _, name = key.rpartition(".")
+        parent, _, index = prefix.rpartition(".")
+        if name == "running_mean" and index.isdigit():
+            free |= {key, f"{parent}.{int(index) - 1}.bias"} & weights.keys()
+    return free
+
+
+def max_relative_difference(a: dict, b: dict, skip=()) -> float:
+    """The largest per-tensor max|a - b| / max|b| over two state dicts with the same keys (less those in ``skip``)."""
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in b.keys() - set(skip):
+        x, y = a[key].double(), b[key].double()
+        scale = float(y.abs().max())
+        worst = max(worst, float((x - y).abs().max()) / (scale if scale > 0 else 1.0))
+    return worst
 
 
 def _free_port() -> int:
@@ -69,17 +103,20 @@ def _worker(rank: int, port: int, spec: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
+        for norm, extra in NORMS.items():
+            cfg = ddp_config(spec, *extra)
+            data = load_training_data(cfg)
+            torch.manual_seed(cfg.train.seed)
+            model = build_model("conv", data.shape, **cfg.model.model_kwargs())
+            train_idx, val_idx = split_indices(len(data), cfg.train.val_fraction, cfg.train.seed)
+            losses = []
+            result = train_model(model, data, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=False,
+                                 on_step=lambda step, loss, losses=losses: losses.append(loss))
+            if rank == 0:
+                torch.save({"losses": torch.tensor(losses, dtype=torch.float64), "weights": _state(model),
+                            "history": json.dumps(result.history), "model_class": type(model.stages[0][1]).__name__},
+                           f"{out}/steps-{norm}.pt")
         cfg = ddp_config(spec)
-        data = load_training_data(cfg)
-        torch.manual_seed(cfg.train.seed)
-        model = build_model("conv", data.shape, **cfg.model.model_kwargs())
-        train_idx, val_idx = split_indices(len(data), cfg.train.val_fraction, cfg.train.seed)
-        losses = []
-        result = train_model(model, data, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=False,
-                             on_step=lambda step, loss: losses.append(loss))
-        if rank == 0:
-            torch.save({"losses": torch.tensor(losses, dtype=torch.float64), "weights": _state(model),
-                        "history": json.dumps(result.history)}, f"{out}/steps.pt")
 
         # train() through a run directory, interrupted mid-epoch 2 on every rank, then resumed.
         original, calls = training.reconstruction_loss, {"n": 0}
@@ -160,11 +197,12 @@ def test_rank_batches_cut_each_global_batch_like_one_process():
     assert [p.count for p in tail] == [1, 0, 0] and all(len(p.images) == 1 for p in tail)
 
 
-def test_two_process_step_losses_and_weights_match_one_process(ddp_job, blobs_npz, one_thread):
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_two_process_step_losses_and_weights_match_one_process(ddp_job, blobs_npz, one_thread, norm):
     from convae.models import build_model
     from convae.training import load_training_data, split_indices, train_model
 
-    cfg = ddp_config(f"npz:{blobs_npz}")
+    cfg = ddp_config(f"npz:{blobs_npz}", *NORMS[norm])
     data = load_training_data(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model("conv", data.shape, **cfg.model.model_kwargs())
@@ -172,14 +210,25 @@ def test_two_process_step_losses_and_weights_match_one_process(ddp_job, blobs_np
     losses = []
     single = train_model(model, data, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=False,
                          on_step=lambda step, loss: losses.append(loss))
-    ddp = torch.load(ddp_job / "steps.pt", weights_only=True)
+    ddp = torch.load(ddp_job / f"steps-{norm}.pt", weights_only=True)
+    weights = _state(model)
+    # BatchNorm's layers and running statistics are there (or not), and the trained model is the plain one
+    assert any(key.endswith("running_var") for key in weights) == (norm == "batch")
+    assert ddp["model_class"] == ("BatchNorm2d" if norm == "batch" else "Identity")
     assert len(losses) == len(ddp["losses"]) == 20
     np.testing.assert_allclose(ddp["losses"].numpy(), losses, rtol=1e-5, atol=0)
-    for key, value in _state(model).items():
-        torch.testing.assert_close(ddp["weights"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    free = gradient_free(weights)
+    assert bool(free) == (norm == "batch")
+    assert max_relative_difference(ddp["weights"], weights, skip=free) <= 1e-4
+    for key in (k for k in weights if k.endswith("num_batches_tracked")):
+        assert int(ddp["weights"][key]) == int(weights[key]) == 20, key
+    # Eval mode uses the running means, which follow the gradient-free biases: with BatchNorm the validation
+    # metrics of two single-process runs with 1 and 2 threads differ by about 1e-3 too.
+    val_rel = 5e-3 if norm == "batch" else 1e-5
     for a, b in zip(json.loads(ddp["history"]), single.history):
-        for key in ("train_loss", "val_mse", "val_psnr", "val_ssim"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        for key in ("val_mse", "val_psnr", "val_ssim"):
+            assert a[key] == pytest.approx(b[key], rel=val_rel), key
 
 
 def test_two_process_resume_after_interrupt_matches_uninterrupted_one_process(ddp_job, blobs_npz, tmp_path, one_thread):
@@ -187,8 +236,11 @@ def test_two_process_resume_after_interrupt_matches_uninterrupted_one_process(dd
 
     full = train(ddp_config(f"npz:{blobs_npz}"), tmp_path / "full", progress=False)
     resumed = torch.load(ddp_job / "resumed.pt", weights_only=True)
-    for key, value in _state(full.model).items():
-        torch.testing.assert_close(resumed["weights"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    weights = _state(full.model)
+    assert any(key.endswith("running_var") for key in weights)  # Ctrl-C restored the BatchNorm statistics of the cut step
+    assert max_relative_difference(resumed["weights"], weights, skip=gradient_free(weights)) <= 1e-4
+    for key in (k for k in weights if k.endswith("num_batches_tracked")):
+        assert int(resumed["weights"][key]) == int(weights[key]) == 20, key
     history = json.loads(resumed["history"])
     assert [r["epoch"] for r in history] == [1, 2]
     assert [r["train_loss"] for r in history] == pytest.approx([r["train_loss"] for r in full.history], rel=1e-5)
