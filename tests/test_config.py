@@ -1,9 +1,10 @@
 import json
+import logging
 
 import pytest
 
 from convae import ConfigError, RunConfig, load_config
-from convae.config import apply_overrides, to_toml
+from convae.config import KIND_KEYS, ModelConfig, apply_overrides, to_toml
 
 
 def test_overrides_accept_dotted_and_bare_keys():
@@ -26,6 +27,12 @@ def test_overrides_accept_dotted_and_bare_keys():
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("channels_last=3", "train.channels_last must be bool"),
         ("lr", "expected key=value"),
+        ("train.noise=-0.1", r"train.noise must be >= 0, got -0.1"),
+        ("train.mask_ratio=1", r"train.mask_ratio must be in \[0, 1\), got 1.0"),
+        ("train.weight_decay=-1e-4", r"train.weight_decay must be >= 0"),  # once torch's ValueError at the first step
+        ("train.num_workers=-1", r"train.num_workers must be >= 0"),
+        ("train.grad_clip=0", r"train.grad_clip must be > 0 or none"),  # 0 would zero every gradient
+        ("model.downsample=median", "model.downsample='median' is not one of max, avg, stride"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
@@ -81,3 +88,118 @@ def test_recipe_probe_table_is_ignored_by_training_config(tmp_path):
 def test_none_is_a_word_for_string_keys_and_the_absence_for_optional_ones():
     cfg = apply_overrides(RunConfig(), ["train.schedule=none", "model.norm=none", "train.threads=none"])
     assert cfg.train.schedule == "none" and cfg.model.norm is None and cfg.train.threads is None
+
+
+# --- one name per idea: model.downsample, read from its old name model.pool -------------------------------
+def test_downsample_is_the_key_and_pool_its_old_name():
+    assert RunConfig().model.downsample == "max" and "pool" not in RunConfig().to_dict()["model"]
+    assert apply_overrides(RunConfig(), ["model.pool=avg"]).model.downsample == "avg"  # --set model.pool=avg
+    assert apply_overrides(RunConfig(), ["pool=stride"]).model.downsample == "stride"  # bare, as before
+    assert apply_overrides(RunConfig(), ["model.downsample=avg"]).model.downsample == "avg"
+    with pytest.raises(ConfigError, match="model.pool='median' is not one of max, avg, stride"):  # named as written
+        apply_overrides(RunConfig(), ["model.pool=median"])
+    with pytest.raises(ConfigError, match="model.pool must be str"):
+        apply_overrides(RunConfig(), ["model.pool=3"])
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_config_files_written_before_the_rename_still_load(tmp_path, suffix):
+    path = tmp_path / f"old{suffix}"
+    path.write_text('[model]\npool = "avg"\nchannels = [8, 16]\n' if suffix == ".toml"
+                    else json.dumps({"model": {"pool": "avg", "channels": [8, 16]}}))
+    cfg = load_config(path)
+    assert cfg.model.downsample == "avg" and cfg.model.model_kwargs()["downsample"] == "avg"
+    assert cfg == apply_overrides(RunConfig(), ["model.downsample=avg", "model.channels=8,16"])
+
+
+def test_old_run_record_with_pool_loads(tmp_path):
+    record = {"format_version": 1, **RunConfig().to_dict(), "in_shape": [1, 8, 8]}
+    model = record["model"]
+    record["model"] = {("pool" if k == "downsample" else k): ("stride" if k == "downsample" else v) for k, v in model.items()}
+    assert RunConfig.from_dict(record, source="config.json").model.downsample == "stride"
+
+
+def test_both_names_in_one_table_is_an_error(tmp_path):
+    path = tmp_path / "both.toml"
+    path.write_text('[model]\npool = "avg"\ndownsample = "max"\n')
+    with pytest.raises(ConfigError, match=r"both.toml: \[model\] has both model.pool and model.downsample"):
+        load_config(path)
+
+
+# --- nothing silently ignored: a key the chosen model does not use is an error ------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["model.kind=dense", "model.wta_spatial=true"],
+     r"--set: model.wta_spatial does not apply to model.kind='dense' \(the FCAE\).*setting of model.kind='conv'.*"
+     r"set model.kind=conv; model.kind='dense' uses model.hidden, model.latent_dim, model.activation, model.norm"),
+    (["model.wta_spatial=true", "model.kind=dense"], "model.wta_spatial does not apply to model.kind='dense'"),  # any order
+    (["model.kind=dense", "model.channels=8,16"], "model.channels does not apply to model.kind='dense'"),
+    (["model.kind=dense", "model.pool=avg"], "model.pool does not apply to model.kind='dense'"),  # named as written
+    (["model.kind=dense", "model.bottleneck=dense"], "model.bottleneck does not apply"),  # even a value the FCAE might mean
+    (["model.hidden=100,50"], r"model.hidden does not apply to model.kind='conv' \(the ConvAE\).*set model.kind=dense"),
+])
+def test_a_key_the_model_kind_does_not_use_is_an_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), overrides)
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_KEYS))
+def test_every_key_of_the_kind_and_the_shared_ones_are_accepted(kind):
+    defaults = ModelConfig()
+    sets = [f"model.kind={kind}"] + [f"model.{k}={json.dumps(getattr(defaults, k))}" for k in KIND_KEYS[kind] if k != "norm"]
+    apply_overrides(RunConfig(), sets + ["model.norm=none", "train.lr=3e-4"])
+
+
+def test_a_config_file_key_the_model_kind_does_not_use_is_an_error(tmp_path):
+    path = tmp_path / "fcae.toml"
+    path.write_text('[model]\nkind = "dense"\nhidden = [64]\nwta_spatial = true\n')
+    with pytest.raises(ConfigError, match=r"fcae.toml: model.wta_spatial does not apply to model.kind='dense'"):
+        load_config(path)
+    path.write_text('[model]\nchannels = [8, 16]\n')  # a ConvAE recipe ...
+    cfg = load_config(path)
+    with pytest.raises(ConfigError, match=r"fcae.toml: model.channels does not apply to model.kind='dense'"):
+        apply_overrides(cfg, ["model.kind=dense"])  # ... trained with --model dense names the file's key
+
+
+def test_run_records_and_whole_dumps_hold_every_key_and_load(tmp_path):
+    from convae import runs
+
+    cfg = apply_overrides(RunConfig(), ["model.kind=dense", "model.hidden=32"])
+    runs.save_config(tmp_path, cfg, (1, 8, 8))  # config.json holds channels, wta_spatial, ... of a dense run
+    assert runs.read_config(tmp_path)[0] == cfg
+    assert load_config(tmp_path / "config.json") == cfg  # a run's config.json as --config: the whole record
+    resumed = apply_overrides(runs.read_config(tmp_path)[0], ["train.epochs=3"])  # --resume with a flag
+    assert resumed.train.epochs == 3
+    with pytest.raises(ConfigError, match="model.wta_spatial does not apply to model.kind='dense'"):
+        apply_overrides(runs.read_config(tmp_path)[0], ["model.wta_spatial=true"])  # --resume --set of a ConvAE key
+
+
+def test_cli_train_refuses_a_key_the_model_does_not_use(tmp_path, capsys):
+    from convae import cli
+
+    code = cli.main(["train", "--model", "dense", "--set", "model.wta_spatial=true", "--data", "digits",
+                     "--run-dir", str(tmp_path / "run"), "-q"])
+    assert code == 2
+    assert "model.wta_spatial does not apply to model.kind='dense'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_probe_table_is_left_out_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "recipe.toml"
+    path.write_text('[model]\nchannels = [8, 16]\n\n[probe]\nfeatures = ["stage2:flatten"]\n')
+    with caplog.at_level(logging.WARNING, logger="convae.config"):
+        assert load_config(path).model.channels == [8, 16]
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "recipe.toml" in warning.getMessage() and "[probe] table is read by bench/recipes.py" in warning.getMessage()
+    assert "not by training" in warning.getMessage()
+    caplog.clear()
+    path.write_text('[model]\nchannels = [8, 16]\n')
+    with caplog.at_level(logging.WARNING, logger="convae.config"):
+        load_config(path)
+    assert not caplog.records
+
+
+def test_to_toml_writes_only_the_keys_of_the_kind():
+    dense = to_toml(apply_overrides(RunConfig(), ["model.kind=dense"]))
+    assert "hidden = " in dense and "channels = " not in dense.split("[train]")[0] and "downsample" not in dense
+    conv = to_toml(RunConfig())
+    assert "downsample = \"max\"" in conv and "hidden" not in conv and "pool" not in conv

@@ -143,3 +143,87 @@ def test_upsample2x_equals_transposed_conv_values_and_gradients(c_in, c_out, hw,
     torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
     if bias:
         torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+
+
+@pytest.mark.parametrize("shape, stages, words", [
+    ((1, 8, 8), 4, ["an 8x8 image is too small for 4 stages", "stage4 would get a 1x1 map",
+                    "8x8 -> 4x4 -> 2x2 -> 1x1", "allows at most 3 stages", "4 stages need images of at least 9x9"]),
+    ((1, 3, 3), 3, ["stage3 would get a 1x1 map", "allows at most 2 stages", "3 stages need images of at least 5x5"]),
+    ((1, 2, 2), 2, ["allows at most 1 stage (", "2 stages need images of at least 3x3"]),
+    ((1, 1, 6), 1, ["allows no stage", "1 stage needs images of at least 2x2"]),
+])
+def test_too_many_stages_message_names_the_sizes_that_work(shape, stages, words):
+    with pytest.raises(ArchitectureError) as info:
+        ConvAutoencoder(shape, channels=(4,) * stages)
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    assert "1 stages" not in message and "16x16" not in message
+
+
+@pytest.mark.parametrize("shape, stages", [((1, 8, 8), 3), ((1, 9, 9), 4), ((1, 3, 3), 2), ((1, 5, 7), 3), ((1, 2, 2), 1)])
+def test_the_largest_allowed_depth_builds_and_reconstructs(shape, stages):
+    # a 1x1 map out of the last stage is a valid design: the limit is on the map going into each stage
+    model = ConvAutoencoder(shape, channels=(4,) * stages)
+    assert model(torch.rand(2, *shape)).shape == (2, *shape)
+
+
+# --- one name per idea: downsample (pool= is its old name) -------------------------------------------------
+@pytest.mark.parametrize("how", ["max", "avg", "stride"])
+def test_downsample_and_its_old_name_pool_build_the_same_model(how):
+    torch.manual_seed(0)
+    new = ConvAutoencoder((1, 12, 12), channels=(4, 8), downsample=how)
+    torch.manual_seed(0)
+    old = ConvAutoencoder((1, 12, 12), channels=(4, 8), pool=how)
+    torch.manual_seed(0)
+    positional = ConvAutoencoder((1, 12, 12), (4, 8), 3, how)  # the fourth argument, as pool was
+    for other in (old, positional):
+        assert other.state_dict().keys() == new.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), other.state_dict().values()))
+        assert other.feature_info == new.feature_info
+    assert new.config["downsample"] == how and "pool" not in new.config
+    assert ConvAutoencoder((1, 12, 12), channels=(4,)).config["downsample"] == "max"  # the default
+
+
+def test_downsample_and_pool_together_or_bad_are_errors():
+    with pytest.raises(ArchitectureError, match="pool is the old name of downsample, give only downsample"):
+        ConvAutoencoder((1, 12, 12), channels=(4,), downsample="max", pool="avg")
+    with pytest.raises(ArchitectureError, match="downsample='median' is not one of"):
+        ConvAutoencoder((1, 12, 12), channels=(4,), downsample="median")
+    with pytest.raises(ArchitectureError, match="pool='median' is not one of"):
+        ConvAutoencoder((1, 12, 12), channels=(4,), pool="median")
+
+
+def test_config_kind_keys_and_choices_are_the_constructors_arguments():
+    """config.KIND_KEYS (what `nothing silently ignored` checks) and config.CHOICES name exactly what the models take."""
+    import inspect
+
+    from convae.config import CHOICES, KIND_KEYS
+    from convae.models import MODELS
+    from convae.models.conv import DOWNSAMPLES
+
+    for kind, cls in MODELS.items():
+        params = set(inspect.signature(cls).parameters) - {"in_shape", "pool"}  # pool: the old name of downsample
+        assert set(KIND_KEYS[kind]) == params, kind
+    assert CHOICES["model", "downsample"] == DOWNSAMPLES
+
+
+def test_a_run_directory_written_before_the_rename_rebuilds_the_same_model(tmp_path):
+    """config.json of older runs says model.pool; it loads, and builds the model (weights and all) it described."""
+    import json
+
+    from convae import runs
+    from convae.config import RunConfig, apply_overrides
+
+    cfg = apply_overrides(RunConfig(), ["model.channels=4,8", "model.latent_dim=4", "model.downsample=avg"])
+    torch.manual_seed(0)
+    model = runs.build_from_config(cfg, (1, 12, 12))
+    runs.save_config(tmp_path, cfg, (1, 12, 12))
+    runs.atomic_write_bytes(tmp_path / runs.WEIGHTS, runs.weights_bytes(model))
+    record = json.loads((tmp_path / runs.CONFIG).read_text())
+    record["model"] = {("pool" if k == "downsample" else k): v for k, v in record["model"].items()}  # the old spelling
+    (tmp_path / runs.CONFIG).write_text(json.dumps(record))
+    run = runs.load_run(tmp_path)
+    assert run.config == cfg and run.model.config == model.config
+    x = torch.rand(2, 1, 12, 12)
+    model.eval()
+    assert torch.equal(run.model(x), model(x))

@@ -217,3 +217,117 @@ def test_encoder_features_fit_validates_the_shape_against_the_run(run_dir):
         EncoderFeatures(run_dir).fit(wrong)
     converted = EncoderFeatures(run_dir, convert=True).fit(wrong)
     assert converted.transform(wrong).shape == (4, 6)
+
+
+# --- configuration in one place: the estimators' parameters are the config's fields ---------------------------
+# Deliberate differences from the config defaults, documented in the estimators' docstrings.
+DELIBERATE = {"val_fraction": 0.0}  # fit trains on every image of X (TrainConfig: 0.1)
+ESTIMATOR_MODEL_KEYS = {ConvAEFeatures: "conv", DenseAEFeatures: "dense"}
+
+
+def _as_config_value(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("estimator", [ConvAEFeatures, DenseAEFeatures])
+def test_estimator_defaults_are_the_config_defaults(estimator):
+    import dataclasses
+
+    from convae.config import KIND_KEYS, ModelConfig, TrainConfig
+    from convae.sklearn import ESTIMATOR_DEFAULTS
+
+    assert ESTIMATOR_DEFAULTS == DELIBERATE
+    params = estimator().get_params()
+    train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    model_fields = KIND_KEYS[ESTIMATOR_MODEL_KEYS[estimator]]  # every model key of the kind is a parameter
+    assert set(train_fields) <= set(params) and set(model_fields) <= set(params)
+    for name in train_fields:
+        want = DELIBERATE.get(name, getattr(TrainConfig(), name))
+        assert params[name] == want, f"{estimator.__name__}({name}={params[name]!r}) but TrainConfig().{name} is {want!r}"
+    for name in model_fields:
+        assert _as_config_value(params[name]) == getattr(ModelConfig(), name), name
+    # and the model it builds is the one the config of those defaults describes
+    cfg = estimator()._run_config()
+    assert cfg.model == ModelConfig(kind=ESTIMATOR_MODEL_KEYS[estimator])
+    assert cfg.train == dataclasses.replace(TrainConfig(), **DELIBERATE)
+
+
+def _captured_config(monkeypatch, estimator, X):
+    """The TrainConfig and model that ``estimator.fit(X)`` hands to train_model (nothing is trained)."""
+    import convae.sklearn as sk
+
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_train_model(model, data, cfg, **kwargs):
+        seen.update(model=model, cfg=cfg, **kwargs)
+        raise Captured
+
+    monkeypatch.setattr(sk, "train_model", fake_train_model)
+    with pytest.raises(Captured):
+        estimator.fit(X)
+    return seen
+
+
+@pytest.mark.parametrize("estimator", [ConvAEFeatures, DenseAEFeatures])
+def test_every_train_config_field_is_a_parameter_that_reaches_fit(monkeypatch, estimator, digits):
+    import dataclasses
+
+    from convae.config import TrainConfig
+
+    changed = dict(epochs=3, batch_size=17, lr=2e-3, weight_decay=0.0, optimizer="adam", loss="bce", schedule="none", noise=0.05,
+                   mask_ratio=0.25, flip=True, shift=1, val_fraction=0.25, seed=5, precision="fp32", channels_last=False, threads=1,
+                   device="cpu", compile=True, num_workers=1, grad_clip=0.5, max_steps=7,
+                   time_budget="2m", planned_steps=11)  # planned steps given: fit does not measure this machine
+    assert set(changed) == {f.name for f in dataclasses.fields(TrainConfig)}  # a new field must be added here too
+    assert all(changed[k] != getattr(TrainConfig(), k) for k in changed)
+    X, _ = digits
+    seen = _captured_config(monkeypatch, clone(estimator()).set_params(**changed), X[:40])
+    assert dataclasses.asdict(seen["cfg"]) == changed
+    assert len(seen["val_indices"]) == 10 and len(seen["train_indices"]) == 30  # val_fraction holds out a quarter
+
+
+def test_architecture_parameters_reach_the_model(monkeypatch, digits):
+    X, _ = digits
+    est = ConvAEFeatures(channels=np.array([4, 8]), kernel_size=5, downsample="stride", norm="none", bottleneck="conv",
+                         latent_dim=np.int64(6), upsample="upsample", convs_per_stage=1, wta_spatial=True, wta_lifetime=0.5)
+    model = _captured_config(monkeypatch, est, X[:10])["model"]
+    assert model.config == dict(in_shape=[1, 8, 8], channels=[4, 8], kernel_size=5, downsample="stride", norm=None,
+                                bottleneck="conv", latent_dim=6, activation="relu", upsample="upsample", convs_per_stage=1,
+                                wta_spatial=True, wta_lifetime=0.5)
+    dense = _captured_config(monkeypatch, DenseAEFeatures(hidden=(9,), latent_dim=3, norm="layer"), X[:10])["model"]
+    assert dense.config == dict(in_shape=[1, 8, 8], hidden=[9], latent_dim=3, activation="relu", norm="layer")
+
+
+def test_grad_clip_threads_and_a_validation_split_train_for_real(digits):
+    X, _ = digits
+    ae = ConvAEFeatures(grad_clip=0.1, threads=1, val_fraction=0.25, max_steps=3, channels_last=False, **TINY_CONV).fit(X[:200])
+    assert ae.history_[-1]["step"] == 3
+    assert "val_mse" in ae.history_[-1]  # the held-out quarter is validated
+    assert ae.transform(X[:4]).shape == (4, ae.n_features_out_)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(epochs=0), "ConvAEFeatures: epochs must be >= 1, got 0"),
+    (dict(optimizer="sgd"), "ConvAEFeatures: optimizer='sgd' is not one of adam, adamw"),
+    (dict(threads=0), "ConvAEFeatures: threads must be >= 1 or none"),
+    (dict(val_fraction=1.0), r"ConvAEFeatures: val_fraction must be in \[0, 1\)"),
+    (dict(grad_clip=-1.0), "ConvAEFeatures: grad_clip must be > 0 or none"),
+    (dict(latent_dim="big"), "ConvAEFeatures: latent_dim must be int, got 'big'"),
+    (dict(downsample="median"), "ConvAEFeatures: downsample='median' is not one of max, avg, stride"),
+    (dict(precision="fp8"), "ConvAEFeatures: precision='fp8' is not one of"),
+])
+def test_bad_parameters_fail_at_fit_naming_the_parameter(digits, params, message):
+    X, _ = digits
+    est = ConvAEFeatures(**{**TINY_CONV, **params})  # __init__ only stores
+    with pytest.raises(ConfigError, match=message):
+        est.fit(X[:20])
+    assert not hasattr(est, "model_")
+
+
+def test_dense_bad_parameter_is_named(digits):
+    X, _ = digits
+    with pytest.raises(ConfigError, match="DenseAEFeatures: hidden must hold positive ints"):
+        DenseAEFeatures(hidden=(0,)).fit(X[:20])

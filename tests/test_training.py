@@ -12,7 +12,8 @@ from convae.training import train
 
 
 def small_config(spec, *extra):
-    return apply_overrides(RunConfig(), [f"data.spec={spec}", "model.channels=8,16", "model.latent_dim=8", "train.epochs=3",
+    architecture = ["model.hidden=32"] if "model.kind=dense" in extra else ["model.channels=8,16"]  # each kind's own keys only
+    return apply_overrides(RunConfig(), [f"data.spec={spec}", *architecture, "model.latent_dim=8", "train.epochs=3",
                                          "train.batch_size=32", "train.threads=2", "train.precision=fp32", *extra])
 
 
@@ -32,7 +33,7 @@ def test_training_lowers_validation_loss(tmp_path, blobs_npz):
 
 @pytest.mark.parametrize("kind", ["conv", "dense"])
 def test_load_run_rebuilds_the_trained_model(tmp_path, blobs_npz, kind):
-    result = train(small_config(f"npz:{blobs_npz}", f"model.kind={kind}", "model.hidden=32", "train.epochs=1"), tmp_path / "r", progress=False)
+    result = train(small_config(f"npz:{blobs_npz}", f"model.kind={kind}", "train.epochs=1"), tmp_path / "r", progress=False)
     model, config = convae.load_run(tmp_path / "r")
     assert config.model.kind == kind
     x = torch.rand(4, 1, 12, 12)

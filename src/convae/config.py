@@ -3,13 +3,17 @@
 A config round-trips through JSON (the run directory's ``config.json``) and TOML (recipes in
 ``configs/``), and takes ``key=value`` overrides from the command line (``model.channels=32,64``,
 or a bare key such as ``lr=3e-4`` when only one section has it). Unknown keys and wrong types are
-:class:`~convae.errors.ConfigError` naming the key; nothing is silently ignored.
+:class:`~convae.errors.ConfigError` naming the key; nothing is silently ignored: a key given on the
+command line or in a config file that the chosen ``model.kind`` does not use (``model.wta_spatial``
+for the FCAE) is an error too. Old names keep working: ``model.pool`` reads as ``model.downsample``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import logging
 import re
 import tomllib
 import types
@@ -20,22 +24,25 @@ from typing import Any
 
 from .errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class ModelConfig:
-    """Architecture. ``kind="conv"`` uses the conv fields, ``kind="dense"`` uses ``hidden``.
+    """Architecture. ``kind="conv"`` uses the conv fields, ``kind="dense"`` uses ``hidden`` (:data:`KIND_KEYS`).
 
     The defaults are the recipe that gave the best frozen features on Fashion-MNIST
     (configs/deep2-mask.toml, docs/RESULTS.md): 64/128/128 channels, two conv -> BatchNorm -> ReLU
     layers per stage, a 1x1-conv bottleneck. ``norm="auto"`` is BatchNorm for the ConvAE and none for the FCAE; ``"none"`` (or
     None) is no normalization. The ``ConvAutoencoder`` class keeps the classic plain defaults
-    (32/64/128, no normalization, dense bottleneck).
+    (32/64/128, no normalization, dense bottleneck). ``downsample`` is how each ConvAE stage halves
+    its map (max | avg | stride); configs written before it was renamed call it ``pool``, which still reads.
     """
 
     kind: str = "conv"
     channels: list[int] = field(default_factory=lambda: [64, 128, 128])
     kernel_size: int = 3
-    pool: str = "max"
+    downsample: str = "max"  # max | avg | stride (old name: pool)
     norm: str | None = "auto"
     bottleneck: str = "conv"
     latent_dim: int = 64
@@ -54,7 +61,7 @@ class ModelConfig:
         if self.kind == "dense":
             return dict(hidden=tuple(self.hidden), latent_dim=self.latent_dim, activation=self.activation, norm=norm)
         kwargs = dict(
-            channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.pool, norm=norm,
+            channels=tuple(self.channels), kernel_size=self.kernel_size, downsample=self.downsample, norm=norm,
             bottleneck=self.bottleneck, latent_dim=self.latent_dim, activation=self.activation,
             upsample=self.upsample, convs_per_stage=self.convs_per_stage,
         )
@@ -93,6 +100,8 @@ class TrainConfig:
     num_workers: int = 0
     grad_clip: float | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
+    time_budget: float | str | None = None  # wall time for training: seconds or "5m", "90s", "1h30m" (training/budget.py)
+    planned_steps: int | None = None  # the steps a time budget planned on the machine that ran it; kept so reruns repeat it
 
 
 @dataclass
@@ -108,6 +117,7 @@ class DataConfig:
 
 CHOICES = {
     ("model", "kind"): ("conv", "dense"),
+    ("model", "downsample"): ("max", "avg", "stride"),  # convae.models.conv.DOWNSAMPLES
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "loss"): ("mse", "bce"),
     ("train", "schedule"): ("none", "cosine"),
@@ -116,19 +126,40 @@ CHOICES = {
     ("data", "on_bad_image"): ("error", "skip"),
 }
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+ALIASES = {"model.pool": "model.downsample"}  # old name -> the one name; both read, only the new one is written
+# The [model] keys each kind uses (besides ``kind``): the constructor arguments of ConvAutoencoder and
+# DenseAutoencoder (tests/test_models.py checks). Any other model key given for that kind is an error.
+KIND_KEYS = {
+    "conv": ("channels", "kernel_size", "downsample", "norm", "bottleneck", "latent_dim", "activation", "upsample",
+             "convs_per_stage", "wta_spatial", "wta_lifetime"),
+    "dense": ("hidden", "latent_dim", "activation", "norm"),
+}
+KIND_NAMES = {"conv": "the ConvAE", "dense": "the FCAE"}
 
 
 @dataclass
 class RunConfig:
+    """The three sections. Besides its fields, a RunConfig remembers which keys were given explicitly
+    (by :func:`apply_overrides`, a config file read by :func:`load_config`, or a scikit-learn estimator's
+    parameters) and under which name, so that :func:`validate` can refuse a key the chosen
+    ``model.kind`` would ignore and name it as the user wrote it. Equality and ``to_dict`` see the
+    fields only."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        self._given: dict[str, tuple[str, str]] = {}  # "section.name" -> (the name as given, where it was given)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config", explicit: bool = False) -> "RunConfig":
+        """A config from its sections. ``explicit=True`` (a config file the user wrote) records every key as
+        given, so that :func:`validate` refuses one that ``model.kind`` does not use; the default (a run
+        directory's ``config.json``, which holds every key of both kinds) records none."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a table of sections {list(SECTIONS)}, got {type(d).__name__}")
         extra = set(d) - set(SECTIONS) - {"format_version", "versions", "in_shape"}
@@ -140,8 +171,11 @@ class RunConfig:
                 continue
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: [{section}] must be a table, got {type(values).__name__}")
+            for old, new in ALIASES.items():
+                if old.startswith(section + ".") and {old.split(".", 1)[1], new.split(".", 1)[1]} <= set(values):
+                    raise ConfigError(f"{source}: [{section}] has both {old} and {new}; {old} is the old name of {new}, keep only {new}")
             for key, value in values.items():
-                set_value(cfg, f"{section}.{key}", value, source=source)
+                set_value(cfg, f"{section}.{key}", value, source=source, given=explicit)
         validate(cfg, source=source)
         return cfg
 
@@ -192,26 +226,50 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 def resolve_key(key: str, *, source: str = "config") -> tuple[str, str]:
-    """``"train.lr"`` or a bare ``"lr"`` -> ``("train", "lr")``; unknown or ambiguous -> ConfigError."""
+    """``"train.lr"`` or a bare ``"lr"`` -> ``("train", "lr")``; an old name (:data:`ALIASES`, ``model.pool``
+    or ``pool``) -> the current one; unknown or ambiguous -> ConfigError."""
     if "." in key:
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise ConfigError(f"{source}: unknown section {section!r} in key {key!r}; valid: {', '.join(SECTIONS)}")
+        if key in ALIASES:
+            return tuple(ALIASES[key].split(".", 1))  # type: ignore[return-value]
         if name not in _fields(section):
             raise ConfigError(f"{source}: unknown key {key!r}; valid keys in [{section}]: {', '.join(_fields(section))}")
         return section, name
-    owners = [s for s in SECTIONS if key in _fields(s)]
+    owners = [s for s in SECTIONS if key in _fields(s) or f"{s}.{key}" in ALIASES]
     if not owners:
         raise ConfigError(f"{source}: unknown key {key!r}; valid keys: " + ", ".join(f"{s}.{f}" for s in SECTIONS for f in _fields(s)))
     if len(owners) > 1:
         raise ConfigError(f"{source}: key {key!r} is in several sections; write one of: " + ", ".join(f"{s}.{key}" for s in owners))
-    return owners[0], key
+    return resolve_key(f"{owners[0]}.{key}", source=source)
 
 
-def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "config") -> None:
+def _written(key: str) -> str:
+    """How messages name a key as the user wrote it: dotted, old names kept (``pool`` -> ``model.pool``)."""
+    if "." in key:
+        return key
+    for old in ALIASES:
+        if old.split(".", 1)[1] == key:
+            return old
+    return key
+
+
+def set_value(cfg: RunConfig, key: str, value: Any, *, source: str = "config", given: bool = False,
+              label: str | None = None) -> None:
+    """Set ``key`` (dotted, bare or an old name) to ``value``, checked against the field's type.
+
+    ``given=True`` records the key as given explicitly (see :func:`validate`). Messages name the key as
+    ``label`` (default: ``section.name``, or the old name when one was used)."""
     section, name = resolve_key(key, source=source)
+    canonical = f"{section}.{name}"
+    if label is None:
+        written = _written(key)
+        label = written if written in ALIASES else canonical
     hints = typing.get_type_hints(SECTIONS[section])
-    setattr(getattr(cfg, section), name, _coerce(value, hints[name], f"{section}.{name}", source))
+    setattr(getattr(cfg, section), name, _coerce(value, hints[name], label, source))
+    if given:
+        cfg._given = {**getattr(cfg, "_given", {}), canonical: (label, source)}
 
 
 def parse_value(text: str, hint: Any) -> Any:
@@ -241,52 +299,131 @@ def _json_or_text(text: str) -> Any:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | None, *, source: str = "--set") -> RunConfig:
-    """Apply ``key=value`` strings in order, then validate the whole config."""
+    """Apply ``key=value`` strings in order (each recorded as given), then validate the whole config."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"{source} {item!r}: expected key=value, e.g. train.lr=3e-4")
         key, text = item.split("=", 1)
         section, name = resolve_key(key.strip(), source=source)
         hint = typing.get_type_hints(SECTIONS[section])[name]
-        set_value(cfg, f"{section}.{name}", parse_value(text, hint), source=source)
+        set_value(cfg, key.strip(), parse_value(text, hint), source=source, given=True)
     validate(cfg, source=source)
     return cfg
 
 
+def _check_kind_keys(cfg: RunConfig) -> None:
+    """A [model] key given explicitly that ``model.kind`` does not use is an error, never ignored."""
+    kind = cfg.model.kind
+    for key, (label, where) in getattr(cfg, "_given", {}).items():
+        section, name = key.split(".", 1)
+        if section != "model" or name == "kind" or name in KIND_KEYS[kind]:
+            continue
+        owners = [k for k, names in KIND_KEYS.items() if name in names]
+        uses = ", ".join(f"model.{n}" for n in KIND_KEYS[kind])
+        raise ConfigError(
+            f"{where}: {label} does not apply to model.kind={kind!r} ({KIND_NAMES[kind]}), which would ignore it; "
+            f"it is a setting of model.kind={owners[0]!r} ({KIND_NAMES[owners[0]]}). Remove {label} or set model.kind={owners[0]}; "
+            f"model.kind={kind!r} uses {uses}")
+
+
 def validate(cfg: RunConfig, *, source: str = "config") -> None:
-    """Value checks that types alone cannot express; every message names the key."""
-    for (section, name), choices in CHOICES.items():
-        value = getattr(getattr(cfg, section), name)
+    """Value checks that types alone cannot express; every message names the key (as it was given).
+
+    Also refuses a [model] key given explicitly (:func:`apply_overrides`, a config file, an estimator
+    parameter) that ``model.kind`` does not use (:data:`KIND_KEYS`)."""
+    given = getattr(cfg, "_given", {})
+
+    def name(key: str) -> str:
+        return given[key][0] if key in given else key
+
+    def choice(section: str, key: str) -> None:
+        value, choices = getattr(getattr(cfg, section), key), CHOICES[section, key]
         if value not in choices:
-            raise ConfigError(f"{source}: {section}.{name}={value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{source}: {name(f'{section}.{key}')}={value!r} is not one of {', '.join(choices)}")
+
+    choice("model", "kind")
+    _check_kind_keys(cfg)
+    for section, key in CHOICES:
+        choice(section, key)
     t, m, d = cfg.train, cfg.model, cfg.data
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "model.latent_dim": m.latent_dim, "model.kernel_size": m.kernel_size}
     for key, value in positive.items():
         if value < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
+            raise ConfigError(f"{source}: {name(key)} must be >= 1, got {value}")
     if not t.lr > 0:
-        raise ConfigError(f"{source}: train.lr must be > 0, got {t.lr}")
+        raise ConfigError(f"{source}: {name('train.lr')} must be > 0, got {t.lr}")
     if not 0 <= t.val_fraction < 1:
-        raise ConfigError(f"{source}: train.val_fraction must be in [0, 1), got {t.val_fraction}")
-    if not 0 <= t.mask_ratio < 1 or t.noise < 0:
-        raise ConfigError(f"{source}: train.mask_ratio must be in [0, 1) and train.noise >= 0")
+        raise ConfigError(f"{source}: {name('train.val_fraction')} must be in [0, 1), got {t.val_fraction}")
+    if not 0 <= t.mask_ratio < 1:
+        raise ConfigError(f"{source}: {name('train.mask_ratio')} must be in [0, 1), got {t.mask_ratio}")
+    if t.noise < 0:
+        raise ConfigError(f"{source}: {name('train.noise')} must be >= 0, got {t.noise}")
     if t.shift < 0:
-        raise ConfigError(f"{source}: train.shift must be >= 0 pixels, got {t.shift}")
+        raise ConfigError(f"{source}: {name('train.shift')} must be >= 0 pixels, got {t.shift}")
+    if t.weight_decay < 0:
+        raise ConfigError(f"{source}: {name('train.weight_decay')} must be >= 0, got {t.weight_decay}")
+    if t.num_workers < 0:
+        raise ConfigError(f"{source}: {name('train.num_workers')} must be >= 0, got {t.num_workers}")
+    if t.grad_clip is not None and not t.grad_clip > 0:
+        raise ConfigError(f"{source}: {name('train.grad_clip')} must be > 0 or none, got {t.grad_clip}")
     if m.kind == "conv" and (not m.channels or min(m.channels) < 1):
-        raise ConfigError(f"{source}: model.channels must be a non-empty list of positive ints, got {m.channels}")
+        raise ConfigError(f"{source}: {name('model.channels')} must be a non-empty list of positive ints, got {m.channels}")
     if m.kind == "dense" and any(h < 1 for h in m.hidden):
-        raise ConfigError(f"{source}: model.hidden must hold positive ints, got {m.hidden}")
+        raise ConfigError(f"{source}: {name('model.hidden')} must hold positive ints, got {m.hidden}")
     if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) < 1):
-        raise ConfigError(f"{source}: data.image_size must be [height, width], got {d.image_size}")
+        raise ConfigError(f"{source}: {name('data.image_size')} must be [height, width], got {d.image_size}")
     if d.channels not in (None, 1, 3):
-        raise ConfigError(f"{source}: data.channels must be 1 or 3, got {d.channels}")
-    for key, value in {"train.threads": t.threads, "data.limit": d.limit, "train.max_steps": t.max_steps}.items():
+        raise ConfigError(f"{source}: {name('data.channels')} must be 1 or 3, got {d.channels}")
+    if t.time_budget is not None:
+        try:
+            parse_duration(t.time_budget)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    for key, value in {"train.threads": t.threads, "data.limit": d.limit, "train.max_steps": t.max_steps,
+                       "train.planned_steps": t.planned_steps}.items():
         if value is not None and value < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1 or none, got {value}")
+            raise ConfigError(f"{source}: {name(key)} must be >= 1 or none, got {value}")
+
+
+def _is_complete_record(data: dict) -> bool:
+    """A run directory's ``config.json`` (it has a format_version) or a whole ``RunConfig.to_dict()``: these
+    hold every [model] key, those of both kinds, so their keys are not choices the user made."""
+    if "format_version" in data:
+        return True
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return False
+    present = {ALIASES.get(f"model.{k}", f"model.{k}").split(".", 1)[1] for k in model}
+    return set(_fields("model")) <= present
+
+
+def parse_duration(value) -> float | None:
+    """``"5m"``, ``"90s"``, ``"1h30m"``, ``"2.5m"``, ``300`` (seconds) -> seconds; None stays None."""
+    if value is None:
+        return None
+    bad = ConfigError(f"train.time_budget={value!r} is not a duration; write e.g. 5m, 90s or 1h30m (a bare number is seconds)")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)(h|min|m|sec|s)?", text)
+        if not text or "".join(n + (u or "") for n, u in parts) != text:
+            raise bad
+        scale = {"h": 3600, "min": 60, "m": 60, "sec": 1, "s": 1, "": 1}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"train.time_budget={value!r} must be a positive duration")
+    return seconds
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a ``.toml`` or ``.json`` config file; errors name the file and the key."""
+    """Read a ``.toml`` or ``.json`` config file; errors name the file and the key.
+
+    Every key the file holds counts as given (:func:`validate` refuses one that ``model.kind`` does not
+    use), except in a whole record such as a run's ``config.json``. A recipe's ``[probe]`` table
+    (configs/*.toml) is read by bench/recipes.py, not here: it is left out with a warning."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -300,16 +437,22 @@ def load_config(path: str | Path) -> RunConfig:
         reason = "nested too deeply" if isinstance(e, RecursionError) else e
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {reason}") from None
     if isinstance(data, dict) and isinstance(data.get("probe"), dict):
-        data = {k: v for k, v in data.items() if k != "probe"}  # a recipe's probe settings (bench/recipes.py)
-    return RunConfig.from_dict(data, source=str(path))
+        logger.warning("%s: the [probe] table is read by bench/recipes.py (the recipe benchmark), not by training; "
+                       "training uses [model], [train] and [data] only", path)
+        data = {k: v for k, v in data.items() if k != "probe"}
+    explicit = isinstance(data, dict) and not _is_complete_record(data)
+    return RunConfig.from_dict(data, source=str(path), explicit=explicit)
 
 
 def to_toml(cfg: RunConfig) -> str:
-    """A TOML rendering of ``cfg`` (None values are left out: they are the defaults' absence)."""
+    """A TOML rendering of ``cfg`` that :func:`load_config` reads back. None values are left out (they
+    are the defaults' absence), and so are the [model] keys that ``model.kind`` does not use."""
     lines = []
     for section, values in cfg.to_dict().items():
         lines.append(f"[{section}]")
         for key, value in values.items():
+            if section == "model" and key != "kind" and key not in KIND_KEYS.get(cfg.model.kind, ()):
+                continue
             if value is not None:
                 lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
@@ -319,18 +462,24 @@ def to_toml(cfg: RunConfig) -> str:
 # --- presets ------------------------------------------------------------------------------------------
 
 
-# Epochs of `convae demo` (and `convae compare`) per dataset when none are given.
+# Epochs of `convae compare` per dataset when none are given, and the most `convae demo` trains.
 DEMO_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30}
+# What `convae demo` gives each model's training, on any machine: with the probe and the report the demo
+# ends within about 5 minutes; a faster machine trains more steps in the same time (training/budget.py).
+DEMO_BUDGETS = {"conv": "120s", "dense": "40s"}
+DEMO_BUDGETS_SMALL = {"conv": "40s", "dense": "15s"}  # 8x8 digits: the probe and report take seconds
 
 
-
-def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None) -> dict[str, RunConfig]:
-    """The ConvAE and FCAE configs that ``convae demo`` and ``convae compare`` train on ``data`` (defaults, sized for tiny images)."""
+def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None,
+                 budgets: dict[str, str] | None = None) -> dict[str, RunConfig]:
+    """The ConvAE and FCAE configs that ``convae demo`` and ``convae compare`` train on ``data`` (defaults, sized for
+    tiny images); ``budgets`` (``{"conv": "120s", ...}``) adds each model's ``train.time_budget``."""
     common = [f"data.spec={data}", f"train.epochs={epochs}"] + ([f"data.limit={limit}"] if limit else [])
     conv = ["model.kind=conv"]
     if in_shape is not None and min(in_shape[1:]) < 16:
         # Tiny images (8x8 digits): two stages keep a 2x2 map before the bottleneck; three would end at 1x1.
         # Masking 4x4 patches would hide a quarter of the image per patch: train on whole images.
         conv += ["model.channels=32,64", "train.lr=3e-3", "train.mask_ratio=0"]
-    return {"conv": apply_overrides(RunConfig(), conv + common),
-            "dense": apply_overrides(RunConfig(), ["model.kind=dense"] + common)}
+    budget = {kind: [f"train.time_budget={budgets[kind]}"] if budgets and kind in budgets else [] for kind in ("conv", "dense")}
+    return {"conv": apply_overrides(RunConfig(), conv + common + budget["conv"]),
+            "dense": apply_overrides(RunConfig(), ["model.kind=dense"] + common + budget["dense"])}

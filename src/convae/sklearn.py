@@ -33,6 +33,7 @@ invariance, feature names) is tested on images instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -42,14 +43,15 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .config import TrainConfig
+from .config import ModelConfig, RunConfig, TrainConfig, set_value, validate
 from .data import as_images, convert_images, load_image_files
 from .errors import DataError
 from .features import extract_features, feature_layout, feature_names, parse_pool, run_precision
-from .models import build_model
+from .models import build_from_config
 from .runs import load_run
 from .runtime import resolve_device
-from .training import train_model
+from .training import as_dataset, split_indices, train_model
+from .training.budget import plan_to_budget
 
 __all__ = ["ConvAEFeatures", "DenseAEFeatures", "EncoderFeatures"]
 
@@ -145,33 +147,69 @@ def resolve_pool(model, layers, pool):
     return parse_pool(pool)
 
 
+_MODEL, _TRAIN = ModelConfig(), TrainConfig()  # the defaults every estimator parameter below is taken from
+TRAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # each one an estimator parameter
+# Where an estimator's default differs from TrainConfig's, on purpose (tests/test_sklearn.py lists the same):
+ESTIMATOR_DEFAULTS = {"val_fraction": 0.0}  # fit trains on every image of X; no validation split
+
+
+def _plain(value):
+    """numpy scalars and arrays (from parameter grids) as the Python values a config holds."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
-    """Shared fit of ConvAEFeatures and DenseAEFeatures: build, train, keep the encoder."""
+    """Shared fit of ConvAEFeatures and DenseAEFeatures: build, train, keep the encoder.
+
+    The parameters that are config fields (``_model_params`` of :class:`convae.config.ModelConfig` and
+    every field of :class:`convae.config.TrainConfig`) become a :class:`convae.config.RunConfig`, checked
+    by :func:`convae.config.validate` with messages that name the parameter; the model is built from it
+    by :func:`convae.models.build_from_config`, as ``convae train`` builds it.
+    """
 
     _kind = ""
+    _model_params: tuple[str, ...] = ()
 
-    def _model_kwargs(self) -> dict:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _run_config(self) -> RunConfig:
+        """The RunConfig of these parameters; ConfigError naming the parameter when one is invalid."""
+        source = type(self).__name__
+        cfg = RunConfig(model=ModelConfig(kind=self._kind))
+        for section, names in (("model", self._model_params), ("train", TRAIN_PARAMS)):
+            for name in names:
+                set_value(cfg, f"{section}.{name}", _plain(getattr(self, name)), source=source, given=True, label=name)
+        validate(cfg, source=source)
+        return cfg
+
+    def _model_kwargs(self) -> dict:
+        """The model constructor's arguments these parameters give (as ``ModelConfig.model_kwargs``)."""
+        return self._run_config().model.model_kwargs()
 
     def fit(self, X, y=None):
         """Train the autoencoder on X (``y`` is ignored) and return self."""
         for attr in ("model_", "in_shape_", "n_features_in_"):
             self.__dict__.pop(attr, None)  # a refit starts from nothing
+        cfg = self._run_config()  # bad parameters fail before X is read
         images = self._images(X, fit=True)
         in_shape = tuple(int(v) for v in images.shape[1:])
         with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`, the global RNG is untouched
-            torch.manual_seed(self.seed)
-            model = build_model(self._kind, in_shape, **self._model_kwargs())
+            torch.manual_seed(cfg.train.seed)
+            model = build_from_config(cfg, in_shape)
         layers = model.resolve_layers(self.layers)
         pooling = resolve_pool(model, layers, self.pool)
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
-        cfg = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                          weight_decay=self.weight_decay, schedule=self.schedule, loss=self.loss, noise=self.noise,
-                          mask_ratio=self.mask_ratio, flip=self.flip, shift=self.shift, val_fraction=0.0, seed=self.seed, precision=self.precision,
-                          device=self.device)
+        train_idx, val_idx = split_indices(len(images), cfg.train.val_fraction, cfg.train.seed)
+        if cfg.train.time_budget is not None and cfg.train.planned_steps is None:  # fit within the budget on this machine
+            cfg.train.planned_steps = plan_to_budget(model, as_dataset(images), cfg.train, train_idx, val_idx)
+        self.planned_steps_ = cfg.train.planned_steps
         state = torch.random.get_rng_state()
         try:
-            result = train_model(model, images, cfg, progress=self.progress)
+            result = train_model(model, images, cfg.train, train_indices=train_idx, val_indices=val_idx, progress=self.progress)
         finally:
             torch.random.set_rng_state(state)  # train_model seeds the global RNG; give the caller theirs back
         self.model_ = result.model.eval()
@@ -187,6 +225,10 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
 class ConvAEFeatures(_AutoencoderFeatures):
     """Train a convolutional autoencoder on X; transform X into its encoder's pooled features.
 
+    Every architecture and training parameter is the :class:`convae.config.ModelConfig` /
+    :class:`convae.config.TrainConfig` field of the same name, with its default (``val_fraction``
+    aside), and is checked as ``convae train`` checks it.
+
     Parameters
     ----------
     layers : str, int or list of them, default (-3, -2)
@@ -198,15 +240,19 @@ class ConvAEFeatures(_AutoencoderFeatures):
         ``avg``, ``max``, ``avgN``/``maxN`` (NxN grid), ``spp:1,2,4`` or ``flatten`` (see
         :mod:`convae.features`). ``auto`` flattens maps of up to 8x8 positions and averages
         larger ones to a 4x4 grid. The dense bottleneck is a vector and passes through.
-    channels, kernel_size, norm, bottleneck, latent_dim, activation, upsample, convs_per_stage
-        The architecture, as in :class:`convae.ConvAutoencoder`.
+    channels, kernel_size, norm, bottleneck, latent_dim, activation, upsample, convs_per_stage, wta_spatial, wta_lifetime
+        The architecture, as in :class:`convae.ConvAutoencoder`, with the defaults of
+        :class:`convae.config.ModelConfig` (``norm="auto"`` is BatchNorm; ``"none"`` or None is none).
     downsample : {"max", "avg", "stride"}, default "max"
-        How each stage halves the map (``ConvAutoencoder(pool=...)``; renamed here because
-        ``pool`` is the feature pooling).
-    epochs, batch_size, lr, optimizer, weight_decay, schedule, loss, noise, mask_ratio, flip, shift, seed, precision, device
-        Training, as in :class:`convae.TrainConfig` (every image is used for training; no
-        validation split; ``flip`` and ``shift`` augment the images). ``precision="auto"`` is bf16 where the hardware runs it natively;
+        How each stage halves the map (``ConvAutoencoder(downsample=...)``, ``model.downsample``;
+        ``pool`` here is the feature pooling).
+    epochs, batch_size, lr, weight_decay, optimizer, loss, schedule, noise, mask_ratio, flip, shift, seed, precision, channels_last, threads, device, compile, num_workers, grad_clip, max_steps, time_budget, planned_steps
+        Training, as in :class:`convae.TrainConfig`, with its defaults (``flip`` and ``shift``
+        augment the images). ``precision="auto"`` is bf16 where the hardware runs it natively;
         the transform uses the same precision.
+    val_fraction : float, default 0.0
+        Fraction of X held out to validate after every epoch (``history_`` then holds ``val_mse``,
+        ``val_psnr``, ``val_ssim``). Unlike ``TrainConfig`` (0.1), the default trains on every image.
     image_shape : (H, W) or (C, H, W), optional
         Read each row of a 2-D X as an image of this shape.
     image_size : (H, W) or "HxW", optional; image_channels : {1, 3}, optional
@@ -226,12 +272,20 @@ class ConvAEFeatures(_AutoencoderFeatures):
     """
 
     _kind = "conv"
+    _model_params = ("channels", "kernel_size", "downsample", "norm", "bottleneck", "latent_dim", "activation", "upsample",
+                     "convs_per_stage", "wta_spatial", "wta_lifetime")
 
-    def __init__(self, layers=(-3, -2), pool="auto", *, channels=(64, 128, 128), kernel_size=3, downsample="max", norm="batch",
-                 bottleneck="conv", latent_dim=64, activation="relu", upsample="transpose", convs_per_stage=2,
-                 epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
-                 noise=0.0, mask_ratio=0.5, flip=False, shift=0, seed=0, precision="auto",
-                 device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
+    def __init__(self, layers=(-3, -2), pool="auto", *, channels=tuple(_MODEL.channels), kernel_size=_MODEL.kernel_size,
+                 downsample=_MODEL.downsample, norm=_MODEL.norm, bottleneck=_MODEL.bottleneck, latent_dim=_MODEL.latent_dim,
+                 activation=_MODEL.activation, upsample=_MODEL.upsample, convs_per_stage=_MODEL.convs_per_stage,
+                 wta_spatial=_MODEL.wta_spatial, wta_lifetime=_MODEL.wta_lifetime,
+                 epochs=_TRAIN.epochs, batch_size=_TRAIN.batch_size, lr=_TRAIN.lr, weight_decay=_TRAIN.weight_decay,
+                 optimizer=_TRAIN.optimizer, loss=_TRAIN.loss, schedule=_TRAIN.schedule, noise=_TRAIN.noise,
+                 mask_ratio=_TRAIN.mask_ratio, flip=_TRAIN.flip, shift=_TRAIN.shift, val_fraction=ESTIMATOR_DEFAULTS["val_fraction"],
+                 seed=_TRAIN.seed, precision=_TRAIN.precision, channels_last=_TRAIN.channels_last, threads=_TRAIN.threads,
+                 device=_TRAIN.device, compile=_TRAIN.compile, num_workers=_TRAIN.num_workers, grad_clip=_TRAIN.grad_clip,
+                 max_steps=_TRAIN.max_steps, time_budget=_TRAIN.time_budget, planned_steps=_TRAIN.planned_steps,
+                 image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
         self.channels = channels
@@ -243,36 +297,43 @@ class ConvAEFeatures(_AutoencoderFeatures):
         self.activation = activation
         self.upsample = upsample
         self.convs_per_stage = convs_per_stage
+        self.wta_spatial = wta_spatial
+        self.wta_lifetime = wta_lifetime
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.optimizer = optimizer
         self.weight_decay = weight_decay
-        self.schedule = schedule
+        self.optimizer = optimizer
         self.loss = loss
+        self.schedule = schedule
         self.noise = noise
         self.mask_ratio = mask_ratio
         self.flip = flip
         self.shift = shift
+        self.val_fraction = val_fraction
         self.seed = seed
         self.precision = precision
+        self.channels_last = channels_last
+        self.threads = threads
         self.device = device
+        self.compile = compile
+        self.num_workers = num_workers
+        self.grad_clip = grad_clip
+        self.max_steps = max_steps
+        self.time_budget = time_budget
+        self.planned_steps = planned_steps
         self.image_shape = image_shape
         self.image_size = image_size
         self.image_channels = image_channels
         self.progress = progress
-
-    def _model_kwargs(self) -> dict:
-        return dict(channels=tuple(self.channels), kernel_size=self.kernel_size, pool=self.downsample, norm=self.norm,
-                    bottleneck=self.bottleneck, latent_dim=self.latent_dim, activation=self.activation,
-                    upsample=self.upsample, convs_per_stage=self.convs_per_stage)
 
 
 class DenseAEFeatures(_AutoencoderFeatures):
     """Train a fully connected autoencoder (FCAE) on X; transform X into its encoder's features.
 
     Parameters as :class:`ConvAEFeatures`, with the FCAE's architecture ``hidden`` (units per
-    hidden layer), ``latent_dim``, ``activation``, ``norm`` instead of the conv ones. Layers are
+    hidden layer), ``latent_dim``, ``activation``, ``norm`` (``"auto"``: none) instead of the conv
+    ones, and the same training parameters and defaults. Layers are
     ``hidden1``..``hiddenN`` and ``bottleneck``; every layer is a vector, so ``pool`` changes
     nothing (it is kept for a uniform interface). A 2-D X without ``image_shape`` is tabular
     (rows of D values, ``n_features_in_ = D``).
@@ -280,11 +341,17 @@ class DenseAEFeatures(_AutoencoderFeatures):
 
     _kind = "dense"
     _accepts_vectors = True
+    _model_params = ("hidden", "latent_dim", "activation", "norm")
 
-    def __init__(self, layers="bottleneck", pool="avg", *, hidden=(512, 256), latent_dim=64, activation="relu", norm=None,
-                 epochs=10, batch_size=128, lr=1e-3, optimizer="adamw", weight_decay=1e-4, schedule="cosine", loss="mse",
-                 noise=0.0, mask_ratio=0.5, flip=False, shift=0, seed=0, precision="auto",
-                 device="auto", image_shape=None, image_size=None, image_channels=None, progress=False):
+    def __init__(self, layers="bottleneck", pool="avg", *, hidden=tuple(_MODEL.hidden), latent_dim=_MODEL.latent_dim,
+                 activation=_MODEL.activation, norm=_MODEL.norm,
+                 epochs=_TRAIN.epochs, batch_size=_TRAIN.batch_size, lr=_TRAIN.lr, weight_decay=_TRAIN.weight_decay,
+                 optimizer=_TRAIN.optimizer, loss=_TRAIN.loss, schedule=_TRAIN.schedule, noise=_TRAIN.noise,
+                 mask_ratio=_TRAIN.mask_ratio, flip=_TRAIN.flip, shift=_TRAIN.shift, val_fraction=ESTIMATOR_DEFAULTS["val_fraction"],
+                 seed=_TRAIN.seed, precision=_TRAIN.precision, channels_last=_TRAIN.channels_last, threads=_TRAIN.threads,
+                 device=_TRAIN.device, compile=_TRAIN.compile, num_workers=_TRAIN.num_workers, grad_clip=_TRAIN.grad_clip,
+                 max_steps=_TRAIN.max_steps, time_budget=_TRAIN.time_budget, planned_steps=_TRAIN.planned_steps,
+                 image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
         self.hidden = hidden
@@ -294,24 +361,30 @@ class DenseAEFeatures(_AutoencoderFeatures):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.optimizer = optimizer
         self.weight_decay = weight_decay
-        self.schedule = schedule
+        self.optimizer = optimizer
         self.loss = loss
+        self.schedule = schedule
         self.noise = noise
         self.mask_ratio = mask_ratio
         self.flip = flip
         self.shift = shift
+        self.val_fraction = val_fraction
         self.seed = seed
         self.precision = precision
+        self.channels_last = channels_last
+        self.threads = threads
         self.device = device
+        self.compile = compile
+        self.num_workers = num_workers
+        self.grad_clip = grad_clip
+        self.max_steps = max_steps
+        self.time_budget = time_budget
+        self.planned_steps = planned_steps
         self.image_shape = image_shape
         self.image_size = image_size
         self.image_channels = image_channels
         self.progress = progress
-
-    def _model_kwargs(self) -> dict:
-        return dict(hidden=tuple(self.hidden), latent_dim=self.latent_dim, activation=self.activation, norm=self.norm)
 
 
 class EncoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):

@@ -20,7 +20,8 @@ from ..errors import ArchitectureError
 from .base import FeatureModelMixin, LayerInfo, count_params, resolve_layers
 from .blocks import ACTIVATIONS, Upsample2x, check_choice, check_in_shape, count_flops, make_activation, norm_layer
 
-POOLS = ("max", "avg", "stride")
+DOWNSAMPLES = ("max", "avg", "stride")
+POOLS = DOWNSAMPLES  # the old name
 NORMS = (None, "batch", "group")
 BOTTLENECKS = ("dense", "conv")
 UPSAMPLES = ("transpose", "upsample")
@@ -37,8 +38,9 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         Output channels of each encoder stage; one stage each, each halving H and W (rounding up).
     kernel_size : int, default 3
         Odd kernel size of every conv ("same" padding).
-    pool : {"max", "avg", "stride"}, default "max"
-        How each stage downsamples.
+    downsample : {"max", "avg", "stride"}, default "max"
+        How each stage halves its map: a 2x2 max-pool, a 2x2 average-pool, or its last conv at
+        stride 2 (``model.downsample`` in a config). Positional, it is the fourth argument.
     norm : {None, "batch", "group"}, default None
     bottleneck : {"dense", "conv"}, default "dense"
         ``dense``: a ``latent_dim`` vector; ``conv``: a 1x1 conv to ``latent_dim`` channels.
@@ -54,6 +56,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
     wta_lifetime : float, default 0.0
         Training only: per latent channel, keep the code of the top ``wta_lifetime`` fraction of the
         batch's images (ranked by the channel's winning value) and zero the others. 0 turns it off.
+    pool : {"max", "avg", "stride"}, optional, keyword only
+        The old name of ``downsample`` (still accepted; giving both is an error).
     """
 
     def __init__(
@@ -61,7 +65,7 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         in_shape: Sequence[int],
         channels: Sequence[int] = (32, 64, 128),
         kernel_size: int = 3,
-        pool: str = "max",
+        downsample: str | None = None,  # None: "max" (or what the old name pool= says)
         norm: str | None = None,
         bottleneck: str = "dense",
         latent_dim: int = 64,
@@ -70,11 +74,19 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         convs_per_stage: int = 1,
         wta_spatial: bool = False,
         wta_lifetime: float = 0.0,
+        *,
+        pool: str | None = None,
     ):
         super().__init__()
         in_shape = check_in_shape(in_shape)
         channels = tuple(int(c) for c in channels)
-        check_choice("pool", pool, POOLS)
+        if pool is not None and downsample is not None:
+            raise ArchitectureError(f"downsample={downsample!r} and pool={pool!r} given: pool is the old name of downsample, give only downsample")
+        if pool is not None:
+            check_choice("pool", pool, DOWNSAMPLES)
+            downsample = pool
+        downsample = "max" if downsample is None else downsample
+        check_choice("downsample", downsample, DOWNSAMPLES)
         check_choice("norm", norm, NORMS)
         check_choice("bottleneck", bottleneck, BOTTLENECKS)
         check_choice("upsample", upsample, UPSAMPLES)
@@ -90,20 +102,25 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         if not 0.0 <= float(wta_lifetime) <= 1.0:
             raise ArchitectureError(f"wta_lifetime must be a fraction in [0, 1], got {wta_lifetime}")
         c_in, h, w = in_shape
-        # Spatial size entering each stage; every stage needs >= 2 pixels per side to downsample.
+        # Spatial size entering each stage; every stage needs >= 2 pixels per side to downsample (its output,
+        # the last one's included, may be 1x1). Side s allows (s - 1).bit_length() stages; n stages need 2**(n-1) + 1.
         sizes = [(h, w)]
         for i in range(len(channels)):
             sh, sw = sizes[-1]
             if min(sh, sw) < 2:
-                need = 2 ** len(channels)
+                n, most, need = len(channels), (min(h, w) - 1).bit_length(), 2 ** (len(channels) - 1) + 1
+                chain = " -> ".join(f"{a}x{b}" for a, b in sizes)
+                article = "an" if str(h)[0] == "8" or str(h) in ("11", "18") else "a"
+                allows = "no stage" if most == 0 else f"at most {most} stage{'s' if most > 1 else ''} (the last may output 1x1)"
                 raise ArchitectureError(
-                    f"a {h}x{w} image is too small for {len(channels)} stages: stage{i + 1} would get a "
-                    f"{sh}x{sw} map. Use at most {int(math.log2(min(h, w)))} stages or images of at least "
-                    f"{need}x{need}."
+                    f"{article} {h}x{w} image is too small for {n} stage{'s' if n > 1 else ''}: each stage halves its map "
+                    f"(rounding up) and needs at least 2 pixels per side coming in, but stage{i + 1} would get a {sh}x{sw} map "
+                    f"({chain}). {article.capitalize()} {h}x{w} image allows {allows}; "
+                    f"{n} stage{'s need' if n > 1 else ' needs'} images of at least {need}x{need}."
                 )
             sizes.append((math.ceil(sh / 2), math.ceil(sw / 2)))
         self.config = dict(
-            in_shape=list(in_shape), channels=list(channels), kernel_size=kernel_size, pool=pool, norm=norm,
+            in_shape=list(in_shape), channels=list(channels), kernel_size=kernel_size, downsample=downsample, norm=norm,
             bottleneck=bottleneck, latent_dim=latent_dim, activation=activation, upsample=upsample,
             convs_per_stage=convs_per_stage,
         )
@@ -119,11 +136,11 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         for c in channels:
             layers: list[nn.Module] = []
             for j in range(convs_per_stage):
-                stride = 2 if (pool == "stride" and j == convs_per_stage - 1) else 1
+                stride = 2 if (downsample == "stride" and j == convs_per_stage - 1) else 1
                 layers += [nn.Conv2d(prev if j == 0 else c, c, kernel_size, stride, pad), norm_layer(norm, c), make_activation(activation)]
-            if pool == "max":
+            if downsample == "max":
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
-            elif pool == "avg":
+            elif downsample == "avg":
                 layers.append(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False))
             self.stages.append(nn.Sequential(*layers))
             prev = c
@@ -146,16 +163,16 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             self.dec.append(nn.Conv2d(c, c_out, kernel_size, 1, pad) if last else nn.Sequential(nn.Conv2d(c, c_out, kernel_size, 1, pad), norm_layer(norm, c_out), make_activation(activation)))
 
         self.layer_names = [f"stage{i + 1}" for i in range(len(channels))] + ["bottleneck"]
-        self.feature_info = self._geometry(channels, kernel_size, pool, convs_per_stage, bottleneck, latent_dim)
+        self.feature_info = self._geometry(channels, kernel_size, downsample, convs_per_stage, bottleneck, latent_dim)
 
-    def _geometry(self, channels, k, pool, convs, bottleneck, latent_dim) -> list[LayerInfo]:
+    def _geometry(self, channels, k, downsample, convs, bottleneck, latent_dim) -> list[LayerInfo]:
         infos, rf, jump, offset = [], 1, 1, 0.0
         for i, c in enumerate(channels):
             for j in range(convs):
                 rf += (k - 1) * jump
-                if pool == "stride" and j == convs - 1:
+                if downsample == "stride" and j == convs - 1:
                     jump *= 2  # odd kernel with k//2 padding keeps position 0 centred on input 0
-            if pool in ("max", "avg"):
+            if downsample in ("max", "avg"):
                 rf += jump
                 offset += 0.5 * jump
                 jump *= 2
