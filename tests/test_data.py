@@ -189,6 +189,56 @@ def test_idx_label_count_mismatch_raises(isolated_idx):
         load_dataset("mnist")
 
 
+@pytest.mark.parametrize("cache_root_exists", [False, True])
+def test_failed_download_leaves_no_cache_folder_behind(isolated_idx, monkeypatch, cache_root_exists):
+    import urllib.error
+    import urllib.request
+
+    home = isolated_idx / "home"
+    if cache_root_exists:
+        (home / ".cache" / "convae").mkdir(parents=True)
+    monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "0")  # downloads allowed, but the network refuses
+    urls = []
+
+    def refuse(url, *args, **kwargs):
+        urls.append(url)
+        raise urllib.error.URLError("no network here")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(DatasetNotFoundError, match="Downloading from .* failed: .*no network here"):
+        load_dataset("mnist")
+    assert urls and urls[0].startswith(_idx.SOURCES["mnist"].mirror)
+    assert not (home / ".cache" / "convae" / "mnist").exists()
+    # the folders above it stay exactly as they were: an existing cache root is kept, none is created
+    assert (home / ".cache" / "convae").is_dir() if cache_root_exists else not home.exists()
+
+
+def test_download_cut_off_midway_is_dataset_not_found_and_leaves_nothing(isolated_idx, monkeypatch):
+    import urllib.request
+
+    class CutOff:
+        def __init__(self):
+            self.sent = False
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n):
+            if self.sent:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            self.sent = True
+            return b"\x1f\x8b" + bytes(100)
+
+    monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "0")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: CutOff())
+    with pytest.raises(DatasetNotFoundError, match="failed: .*Connection reset by peer"):
+        load_dataset("mnist")
+    assert not (isolated_idx / "home").exists()  # neither the cache folder nor a temporary file in it
+
+
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_debian_package(monkeypatch, tmp_path):
@@ -735,3 +785,23 @@ def test_fingerprint_tracks_pixels(small_folder):
     changed.images[0, 0, 0, 0] ^= 1
     assert dataset_fingerprint(changed) != dataset_fingerprint(dataset)
     assert len(dataset_fingerprint(load_dataset(f"folder:{small_folder}", in_memory=False))) == 16
+
+
+def test_scan_of_many_sizes_prints_the_most_common_and_a_count_of_the_rest(tmp_path):
+    for i in range(40):  # 40 images: 6 of 16x12, 4 of 20x20, 3 of 9x30, then 27 sizes of one image each
+        size = (16, 12) if i < 6 else (20, 20) if i < 10 else (9, 30) if i < 13 else (30 + i, 5 + i)
+        Image.new("L", size, i).save(tmp_path / f"{i:02d}.png")
+    report = scan(f"folder:{tmp_path}")
+    assert len(report.sizes) == 30 and report.sizes["16x12"] == 6
+    line = next(line for line in report.format().splitlines() if line.startswith("sizes"))
+    assert line.startswith("sizes (WxH): 30 sizes; most common 16x12 6, 20x20 4, 9x30 3, ")
+    assert "25 other sizes (25 images)" in line
+    assert "most common 16x12 6, 20x20 4, 9x30 3, 43x18 1, 44x19 1; " in line and line.endswith("widths 9..69, heights 12..44")
+    assert line.count("x") < 15  # not every size
+
+
+def test_scan_of_few_sizes_lists_them_all():
+    from convae.data.scan import ScanReport
+
+    report = ScanReport("folder:x", 5, [], {"L": 5}, {"5x4": 3, "8x6": 2})
+    assert "sizes (WxH): 5x4 3, 8x6 2" in report.format()

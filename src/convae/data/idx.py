@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
-import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -192,7 +193,9 @@ def locate(name: str, splits: tuple[str, ...]) -> dict[str, Path]:
     else:
         try:
             return {stem: _download(source, f"{stem}.gz") for stem in stems}
-        except (OSError, urllib.error.URLError) as error:  # no network, refused, timed out, disk full
+        except _DownloadFailed as error:  # no network, refused, timed out, cut off
+            download_note = f"Downloading from {source.mirror} failed: {error.__cause__}."
+        except OSError as error:  # the cache folder cannot be made
             download_note = f"Downloading from {source.mirror} failed: {error}."
     looked = "\n".join(f"  {folder}  ({origin})" for folder, origin in dirs)
     how = [f"set CONVAE_DATA=DIR and put the files in DIR/{name}/"]
@@ -212,30 +215,45 @@ def _download(source: IdxSource, filename: str) -> Path:
     target = folder / filename
     if target.is_file():  # an earlier, partial run fetched this one already
         return target
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first: ~/.cache/convae/mnist, ~/.cache/convae, ...
     url = source.mirror + filename
     logger.info("downloading %s", url)
     digest = hashlib.sha256()
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with atomic_file(target, error=DataError) as tmp:  # a failed or mismatched download leaves nothing behind
-            with urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    tmp.write(chunk)
+            for chunk in _fetch(url):
+                digest.update(chunk)
+                tmp.write(chunk)  # a write error (disk full) is the atomic writer's DataError, not a download failure
             if digest.hexdigest() != source.sha256[filename]:
                 raise DataError(f"{url}: SHA-256 {digest.hexdigest()} does not match the pinned "
                                 f"{source.sha256[filename]}; the download was discarded")
     except BaseException:
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(created)
         raise
     return target
 
 
-def _remove_if_empty(folder: Path) -> None:
-    """Remove a cache folder this attempt created and left empty (a failed download leaves no trace)."""
+class _DownloadFailed(Exception):
+    """The network side of a download failed; ``__cause__`` is the error (kept apart from the writer's OSErrors)."""
+
+
+def _fetch(url: str) -> Iterator[bytes]:
+    """The bytes at ``url`` in chunks; any network error is a :class:`_DownloadFailed`."""
     try:
-        folder.rmdir()
-    except OSError:
-        pass
+        with urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                yield chunk
+    except (OSError, http.client.HTTPException) as error:  # URLError, timeouts, resets; IncompleteRead
+        raise _DownloadFailed(str(error)) from error
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the cache folders this attempt created (deepest first) while they are empty: a failed download leaves no trace."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (an earlier download, another process): it and its parents stay
+            return
