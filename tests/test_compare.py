@@ -194,3 +194,84 @@ def test_compare_cli_prints_tables(quick_result, rgb_npz, tmp_path, capsys):
                  "--dense-run", str(out / "runs" / "dense"), "--sections", "parameters", "-q"]) == 0
     text = capsys.readouterr().out
     assert "15,000,500" in text and "compare.json" in text
+
+
+def test_the_busy_cpu_warning_is_logged_once_per_process(monkeypatch, caplog):
+    # compare and grid searches train 7 to 9 models in one process: the warning is said once
+    from convae import runtime
+
+    monkeypatch.setattr(runtime, "_warned_cpu_busy", False, raising=False)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 2)
+    with caplog.at_level("WARNING", logger="convae.runtime"):
+        for _ in range(8):
+            runtime.warn_if_cpu_busy()
+    busy = [r for r in caplog.records if "the CPU is busy" in r.getMessage()]
+    assert len(busy) == 1 and "load average 64.0 on 2 cores" in busy[0].getMessage()
+
+
+def _fake_run(path, val_mses, records, kind="conv"):
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "train_mse": 2 * m, "val_mse": m}) + "\n"
+                                                for i, m in enumerate(val_mses)))
+    meta = {"model_kind": kind, "data": "digits", "protocol": "5-fold CV"}
+    (path / "probe.json").write_text(json.dumps({"meta": meta, "records": records}))
+    return path
+
+
+def _record(feature_set, accuracy, labels_per_class=None, classifier="logreg"):
+    family = feature_set.split(":")[0].rstrip("0123456789")
+    return {"feature_set": feature_set, "family": family, "classifier": classifier, "labels_per_class": labels_per_class,
+            "accuracy": accuracy}
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    return [
+        _fake_run(tmp_path / "a", [0.05, 0.01], [_record("convae:stage1/avg2", 0.80), _record("convae:stage2/avg2", 0.90),
+                                                 _record("raw", 0.97), _record("convae:stage2/avg2", 0.99, labels_per_class=10)]),
+        _fake_run(tmp_path / "b", [0.02], [_record("convae:bottleneck", 0.85, classifier="mlp"), _record("untrained:bottleneck", 0.95)]),
+        _fake_run(tmp_path / "c", [0.09, 0.04], [_record("fcae:hidden1", 0.60)], kind="dense"),
+    ]
+
+
+def test_recon_vs_probe_pairs_last_val_mse_with_the_best_own_probe_and_correlates(three_runs, tmp_path):
+    from scipy.stats import pearsonr
+
+    from convae.analysis.compare import format_recon_vs_probe, recon_vs_probe
+
+    result = recon_vs_probe(three_runs, out=tmp_path / "rvp.json")
+    rows = result["runs"]
+    assert [(r["val_mse"], r["accuracy"], r["feature_set"], r["classifier"], r["epoch"]) for r in rows] == [
+        (0.01, 0.90, "convae:stage2/avg2", "logreg", 2), (0.02, 0.85, "convae:bottleneck", "mlp", 1),
+        (0.04, 0.60, "fcae:hidden1", "logreg", 2)]  # baselines and label budgets are not the run's best
+    corr = result["correlation"]
+    assert corr["n"] == 3 and corr["spearman"]["rho"] == pytest.approx(-1.0)
+    assert corr["pearson"]["r"] == pytest.approx(pearsonr([0.01, 0.02, 0.04], [0.90, 0.85, 0.60]).statistic)
+    assert json.loads((tmp_path / "rvp.json").read_text()) == json.loads(json.dumps(result))
+    text = format_recon_vs_probe(result)
+    assert "| convae:stage2/avg2 | logreg |" in text  # one row per run, its best set named
+    assert "90.0" in text and "0.01000" in text and "Pearson r = -0.9" in text and "Spearman rho = -1.00" in text and "n = 3" in text
+
+
+def test_recon_vs_probe_needs_probe_json_and_val_mse(three_runs, tmp_path):
+    from convae.analysis.compare import recon_vs_probe
+
+    (three_runs[1] / "probe.json").unlink()
+    with pytest.raises(RunError, match="probe.json"):
+        recon_vs_probe(three_runs)
+    few = recon_vs_probe(three_runs[::2])
+    assert few["correlation"]["n"] == 2 and few["correlation"]["pearson"] is None  # 3 runs at least
+
+
+def test_compare_cli_runs_prints_recon_vs_probe_and_writes_json(three_runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--runs", *map(str, three_runs), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Spearman rho = -1.00" in text and "recon_vs_probe.json" in text
+    assert json.loads((out / "recon_vs_probe.json").read_text())["correlation"]["n"] == 3
+    assert main(["compare", "--out", str(out)]) == 2  # neither --data nor --runs
+    assert "--data" in capsys.readouterr().err
+    assert main(["compare", "--data", "digits", "--shifts", "1,x", "--out", str(tmp_path / "none")]) == 2
+    assert "'x' is not a whole number" in capsys.readouterr().err and not (tmp_path / "none").exists()

@@ -55,7 +55,7 @@ from ..viz.plots import save_figure
 from .measures import (all_images, equivariance, invariance, parameter_table, permute_images, pixel_permutation, shift_images,
                        shifted_dataset, with_images)
 from .probe import probe
-from .tables import format_compare
+from .tables import format_compare, markdown_table, percent
 
 logger = logging.getLogger(__name__)
 
@@ -374,5 +374,82 @@ def load_compare(path: str | Path) -> dict:
         raise RunError(f"{path}: not valid JSON ({error})") from None
 
 
-__all__ = ["SECTIONS", "compare", "load_compare", "write_compare", "equivariance", "invariance", "parameter_table", "permute_images", "pixel_permutation",
-           "probe_layers", "shift_images", "shifted_dataset", "train_or_reuse"]
+# --- reconstruction against probe accuracy, across runs ----------------------------------------------------
+RECON_VS_PROBE = "recon_vs_probe.json"
+
+
+def _best_own_probe(run_dir: Path) -> tuple[dict, dict]:
+    """(the best all-labels record of the run's own encoder features, the probe's meta) from ``run_dir/probe.json``."""
+    path = run_dir / "probe.json"
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: no probe results here; run `convae probe {run_dir}` first") from None
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path}: not valid JSON ({error})") from None
+    meta = result.get("meta", {})
+    family = "fcae" if meta.get("model_kind") == "dense" else "convae"
+    own = [r for r in result.get("records", []) if r.get("family") == family and r.get("labels_per_class") is None]
+    if not own:
+        raise RunError(f"{path}: no all-labels probe of the run's own ({family}) features")
+    return max(own, key=lambda r: r["accuracy"]), meta
+
+
+def recon_vs_probe(run_dirs, out=None) -> dict:
+    """Reconstruction quality against probe accuracy across runs: does a lower validation MSE go with better features?
+
+    Per run directory: the validation MSE of its last epoch (``val_mse`` in metrics.jsonl) and its best probe
+    accuracy (probe.json: the highest all-labels accuracy of the run's own encoder features over layers, pooling
+    and classifiers; baselines and label budgets left out). Across runs: Pearson's r and Spearman's rho of
+    (val MSE, accuracy) with their p-values, from 3 runs on (None with fewer, or when either is constant).
+    ``out``: a path to write the result to as JSON. CLI: ``convae compare --runs RUN RUN RUN ...``.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise RunError(f"{run_dir}: no such run directory")
+        epochs = [m for m in read_metrics(run_dir) if m.get("val_mse") is not None]
+        if not epochs:
+            raise RunError(f"{run_dir}: no val_mse in {runs.METRICS_JSONL} (the run needs a validation split and one finished epoch)")
+        best, meta = _best_own_probe(run_dir)
+        rows.append({"run": str(run_dir), "epoch": epochs[-1].get("epoch"), "val_mse": epochs[-1]["val_mse"], "accuracy": best["accuracy"],
+                     "feature_set": best["feature_set"], "classifier": best["classifier"], "data": meta.get("data"),
+                     "protocol": meta.get("protocol")})
+    settings = sorted({f"{r['data']} ({r['protocol']})" for r in rows})
+    if len(settings) > 1:
+        logger.warning("the probes were made on different data or protocols (%s): their accuracies may not compare", ", ".join(settings))
+    mse, acc = [r["val_mse"] for r in rows], [r["accuracy"] for r in rows]
+    correlation: dict = {"n": len(rows), "pearson": None, "spearman": None}
+    if len(rows) >= 3 and len(set(mse)) > 1 and len(set(acc)) > 1:
+        p, s = pearsonr(mse, acc), spearmanr(mse, acc)
+        correlation["pearson"] = {"r": float(p.statistic), "p": float(p.pvalue)}
+        correlation["spearman"] = {"rho": float(s.statistic), "p": float(s.pvalue)}
+    result = {"what": "validation MSE of each run's last epoch against its best all-labels probe accuracy", "runs": rows,
+              "correlation": correlation}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, result)
+    return result
+
+
+def format_recon_vs_probe(result: dict) -> str:
+    """A Markdown table of :func:`recon_vs_probe`'s runs and a line with the correlations."""
+    rows = [[r["run"], r["epoch"], f"{r['val_mse']:.5f}", percent(r["accuracy"]), r["feature_set"], r["classifier"]] for r in result["runs"]]
+    corr = result["correlation"]
+    lines = [f"Reconstruction vs probe accuracy over {corr['n']} runs: validation MSE of the last epoch (metrics.jsonl) and "
+             "the best all-labels probe accuracy of each run's own features (probe.json).", ""]
+    lines += markdown_table(["run", "epoch", "val MSE", "best probe acc. (%)", "feature set", "classifier"], rows) + [""]
+    if corr["pearson"] is None:
+        lines.append(f"No correlation: it needs at least 3 runs whose MSE and accuracy both vary (n = {corr['n']}).")
+    else:
+        p, s = corr["pearson"], corr["spearman"]
+        lines.append(f"Pearson r = {p['r']:+.2f} (p={p['p']:.2f}), Spearman rho = {s['rho']:+.2f} (p={s['p']:.2f}), n = {corr['n']}; "
+                     "a negative value means lower reconstruction error went with better features.")
+    return "\n".join(lines)
+
+
+__all__ = ["RECON_VS_PROBE", "SECTIONS", "compare", "format_recon_vs_probe", "load_compare", "recon_vs_probe", "write_compare", "equivariance",
+           "invariance", "parameter_table", "permute_images", "pixel_permutation", "probe_layers", "shift_images", "shifted_dataset",
+           "train_or_reuse"]

@@ -11,6 +11,9 @@ from .arrays import parse_image_size
 from .specs import load_dataset, parse_spec
 
 
+TOP_SIZES = 5  # sizes listed by `convae scan` when a folder holds more than TOP_SIZES + 1
+
+
 @dataclass
 class ScanReport:
     """What `convae scan SPEC` prints. For folders every file is fully decoded; for other
@@ -31,7 +34,7 @@ class ScanReport:
         lines = [f"{self.spec}: {self.n_files} images, {len(self.bad)} bad"
                  + (f", {self.n_ignored} other files ignored" if self.n_ignored else "")]
         lines.append(f"modes: {histogram(self.modes) or '-'}")
-        lines.append(f"sizes (WxH): {histogram(self.sizes) or '-'}")
+        lines.append(f"sizes (WxH): {self.format_sizes()}")
         if self.classes:
             lines.append(f"classes: {histogram(self.classes)}")
         if self.estimated_bytes is not None:
@@ -40,6 +43,18 @@ class ScanReport:
             lines.append("bad files:")
             lines.extend(f"  {path}: {reason}" for path, reason in self.bad)
         return "\n".join(lines)
+
+    def format_sizes(self, top: int = TOP_SIZES) -> str:
+        """Every size with its count when there are few; else the ``top`` most common, how many others, and the ranges."""
+        if len(self.sizes) <= top + 1:
+            return ", ".join(f"{key} {count}" for key, count in sorted(self.sizes.items(), key=lambda kv: -kv[1])) or "-"
+        dims = {key: tuple(map(int, key.split("x"))) for key in self.sizes}
+        ranked = sorted(self.sizes.items(), key=lambda kv: (-kv[1], dims[kv[0]]))
+        rest = ranked[top:]
+        widths, heights = [w for w, _ in dims.values()], [h for _, h in dims.values()]
+        return (f"{len(self.sizes)} sizes; most common " + ", ".join(f"{key} {count}" for key, count in ranked[:top])
+                + f"; {len(rest)} other sizes ({sum(count for _, count in rest)} images)"
+                + f"; widths {min(widths)}..{max(widths)}, heights {min(heights)}..{max(heights)}")
 
 
 
