@@ -88,3 +88,15 @@ def test_markdown_tables_and_paragraphs_become_html():
     assert "<p>Intro line with more.</p>" in text
     assert "<th>a</th>" in text and "<td>x&lt;y</td>" in text and "---" not in text
     assert "<h4>Head</h4>" in text
+
+
+def test_report_captions_name_the_split_the_images_came_from(page):
+    """digits has no test split: the images are its train split, as the header says, and the captions say so too."""
+    _, text = page
+    header = re.search(r"images shown from \S+ \((\w+) split", text)
+    assert header and header.group(1) == "train"
+    section = text[text.index('id="viz"'):]
+    section = section[:section.find("<h2", 1)]  # the viz section (compare's own tables speak of its test split)
+    assert "Train-split images (top) and their reconstructions." in section
+    assert "test images" not in section.lower()
+    assert "three train-split images at every depth" in section and "the 8 train-split images that excite it most" in section

@@ -1,5 +1,7 @@
 """viz: every kind draws a Figure (1-channel 8x8 digits and 3-channel non-square images), and the numbers behind them."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -151,3 +153,184 @@ def test_viz_cli_saves_pngs_and_rejects_unknown_kinds(runs, tmp_path, capsys):
     with pytest.raises(ConfigError):
         viz.figures(runs["conv"], "colours")
     assert main(["viz", run_dir, "recon", "--with", str(runs["rgb"].path)]) == 2  # shapes differ: a clean error
+
+
+# --- latent traversal: what the code controls, for both bottleneck kinds ------------------------------------
+@pytest.fixture(scope="module")
+def blob_runs(tmp_path_factory, blobs_npz):
+    """ConvAEs (the default 1x1-conv bottleneck, a 3x3 map; and a dense one) trained until they reconstruct
+    the blobs (a bright square in one of four quadrants of 1x12x12): what the code holds is *where* the square is."""
+    root = tmp_path_factory.mktemp("blobs")
+    sets = [f"data.spec=npz:{blobs_npz}", "model.channels=8,16", "model.latent_dim=8", "train.epochs=40", "train.lr=1e-2",
+            "train.precision=fp32", "train.threads=1"]
+    for name, extra in {"conv": [], "dense": ["model.bottleneck=dense"]}.items():
+        train(apply_overrides(RunConfig(), sets + extra), root / name, progress=False)
+    return {name: load_run(root / name) for name in ("conv", "dense")}
+
+
+@torch.inference_mode()
+def latents(model, data) -> torch.Tensor:
+    """The bottleneck of every image (the blobs are fewer than the traversal's 1,000 samples), in eval mode."""
+    model.eval()
+    return model.encode(viz.sample_images(data, 1000)[0]).float()
+
+
+@pytest.mark.parametrize("bottleneck", ["conv", "dense"])
+@pytest.mark.parametrize("direction", ["unit", "pca"])
+def test_traversal_rows_are_not_flat_for_either_bottleneck(blob_runs, bottleneck, direction):
+    """Every row changes the decoded image visibly between -3 and +3 data standard deviations.
+
+    Moving a whole channel map by the standard deviation of its mean (the only move there was for a conv
+    bottleneck) barely changes these images: what the map codes is where, and its mean hardly varies.
+    """
+    run = blob_runs[bottleneck]
+    data = viz.images_of_run(run, None)
+    image = viz.sample_images(data, 1)[0][0]
+    result = viz.traverse_latent(run.model, image, data, direction=direction, n_units=3)
+    assert result["images"].shape == (3, 7, 1, 12, 12)
+    change = (result["images"][:, -1] - result["images"][:, 0]).abs().flatten(1)  # (rows, pixels): last step vs first
+    assert (change.max(1).values > 0.25).all(), change.max(1).values  # some part of the image changes by a quarter of the range
+    assert (change.mean(1) > 0.02).all(), change.mean(1)
+
+
+def test_conv_traversal_moves_one_channel_at_its_position_of_largest_variance(blob_runs):
+    model = blob_runs["conv"].model
+    data = viz.images_of_run(blob_runs["conv"], None)
+    zs = latents(model, data)  # (N, 8, 3, 3)
+    per_position = zs.std(0)
+    found = viz.latent_directions(model, data, n_units=3)
+    assert found["latent_shape"] == (8, 3, 3) and found["where"] == "position" and found["n_samples"] == len(zs)
+    best, at = per_position.flatten(1).max(1)
+    assert [int(c) for c in best.argsort(descending=True)[:3]] == [int(label.split()[1]) for label in found["labels"]]
+    for v, label, (y, x), std in zip(found["vectors"], found["labels"], found["positions"], found["std"]):
+        channel = int(label.split()[1])
+        assert divmod(int(at[channel]), 3) == (y, x) and f"at ({y},{x})" in label
+        assert int((v != 0).sum()) == 1 and float(v[channel, y, x]) == pytest.approx(float(per_position[channel, y, x]), rel=1e-4)
+        assert std == pytest.approx(float(per_position[channel, y, x]), rel=1e-4)
+    fixed = viz.latent_directions(model, data, units=[5, 1], position=(0, 2))
+    assert fixed["positions"] == [(0, 2), (0, 2)] and fixed["labels"] == ["unit 5 at (0,2)", "unit 1 at (0,2)"]
+
+
+def test_conv_traversal_over_the_whole_map_moves_every_position_by_the_std_of_the_mean(blob_runs):
+    model = blob_runs["conv"].model
+    data = viz.images_of_run(blob_runs["conv"], None)
+    zs = latents(model, data)
+    found = viz.latent_directions(model, data, where="map", units=[2, 6])
+    assert found["labels"] == ["unit 2 (map)", "unit 6 (map)"] and found["positions"] is None
+    for v, channel, std in zip(found["vectors"], (2, 6), found["std"]):
+        mean_std = float(zs[:, channel].mean((1, 2)).std())
+        assert torch.allclose(v[channel], torch.full((3, 3), mean_std), rtol=1e-4)
+        assert float(v.abs().sum()) == pytest.approx(9 * mean_std, rel=1e-4)  # nothing outside the channel
+        # the data's std along the unit direction 1/3 on the map is 3 (= sqrt(3*3)) times the std of the mean
+        assert std == pytest.approx(float((zs[:, channel].sum((1, 2)) / 3).std()), rel=1e-4)
+
+
+def test_pca_traversal_directions_are_the_principal_axes_scaled_to_one_std(blob_runs):
+    model = blob_runs["conv"].model
+    data = viz.images_of_run(blob_runs["conv"], None)
+    flat = latents(model, data).flatten(1)  # (N, 72)
+    found = viz.latent_directions(model, data, direction="pca", n_units=3)
+    assert found["labels"] == ["PC1", "PC2", "PC3"] and found["explained"][0] >= found["explained"][1] >= found["explained"][2]
+    centred = flat - flat.mean(0)
+    for v, std in zip(found["vectors"], found["std"]):
+        u = v.flatten() / v.norm()
+        assert float(v.norm()) == pytest.approx(std, rel=1e-4)
+        assert float((centred @ u).std()) == pytest.approx(std, rel=1e-3)  # one data std along the direction
+    variances = torch.linalg.eigvalsh(torch.cov(centred.T)).flip(0)[:3]
+    assert [s * s for s in found["std"]] == pytest.approx(variances.tolist(), rel=1e-3)
+    picked = viz.latent_directions(model, data, direction="pca", units=[2])
+    assert picked["labels"] == ["PC2"] and picked["std"] == pytest.approx(found["std"][1:2], rel=1e-5)
+
+
+def test_traversal_span_steps_and_the_middle_column(blob_runs):
+    model = blob_runs["conv"].model
+    data = viz.images_of_run(blob_runs["conv"], None)
+    image = viz.sample_images(data, 1)[0][0]
+    result = viz.traverse_latent(model, image, data, units=[1], steps=5, span=1.5)
+    assert result["images"].shape == (1, 5, 1, 12, 12) and np.allclose(result["offsets"], [-1.5, -0.75, 0, 0.75, 1.5])
+    assert torch.allclose(result["images"][0, 2], viz.reconstruct(model, image[None])[0], atol=1e-5)
+    z = latents(model, image[None])
+    (y, x), std = result["positions"][0], result["std"][0]
+    shifted = z.clone()
+    shifted[0, 1, y, x] += 1.5 * std
+    with torch.inference_mode():
+        assert torch.allclose(result["images"][0, -1], model.decode(shifted)[0], atol=1e-5)
+
+
+def test_traversal_refuses_what_it_cannot_honour(blob_runs):
+    conv, dense = blob_runs["conv"].model, blob_runs["dense"].model
+    data = viz.images_of_run(blob_runs["conv"], None)
+    image = viz.sample_images(data, 1)[0][0]
+    for kwargs, words in (({"where": "map"}, "spatial"), ({"position": (0, 0)}, "spatial"), ({"units": [8]}, "out of range"),
+                          ({"direction": "pca", "units": [99]}, "out of range"), ({"where": "middle"}, "where"), ({"steps": 1}, "steps"),
+                          ({"span": 0}, "span"), ({"direction": "pca", "data": None}, "needs data")):
+        model = dense if words == "spatial" else conv
+        kwargs = {"data": data} | kwargs
+        with pytest.raises(ConfigError, match=words):
+            viz.traverse_latent(model, image, kwargs.pop("data"), **kwargs)
+    with pytest.raises(ConfigError, match="outside"):
+        viz.traverse_latent(conv, image, data, position=(3, 0))
+    with pytest.raises(ConfigError, match="applies to"):
+        viz.traverse_latent(conv, image, data, where="map", position=(0, 0))
+
+
+def test_viz_cli_traverse_options(blob_runs, tmp_path, capsys, monkeypatch):
+    figures_module = importlib.import_module("convae.viz.figures")  # the module: convae.viz.figures is also the function
+
+    seen = []
+    original = figures_module.traverse_latent
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(figures_module, "traverse_latent", spy)
+    run_dir = str(blob_runs["conv"].path)
+    assert main(["viz", run_dir, "traverse", "--direction", "pca", "--units", "1,2", "--span", "2", "--steps", "5", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "traverse.png").is_file()
+    assert {k: seen[-1][k] for k in ("direction", "units", "span", "steps")} == {"direction": "pca", "units": [1, 2], "span": 2.0, "steps": 5}
+    assert main(["viz", run_dir, "traverse", "--where", "map", "--out", str(tmp_path)]) == 0
+    assert seen[-1]["where"] == "map"
+    assert main(["viz", run_dir, "traverse", "--position", "1,2", "--units", "0", "--out", str(tmp_path)]) == 0
+    assert seen[-1]["position"] == [1, 2] and seen[-1]["units"] == [0]
+    capsys.readouterr()
+    assert main(["viz", run_dir, "traverse", "--position", "1", "--out", str(tmp_path)]) == 2
+    assert "--position" in capsys.readouterr().err
+    assert main(["viz", run_dir, "traverse", "--position", "5,5", "--out", str(tmp_path)]) == 2
+    assert "outside the 3x3" in capsys.readouterr().err
+    assert main(["viz", str(blob_runs["dense"].path), "traverse", "--where", "map", "--out", str(tmp_path)]) == 2
+
+
+# --- embedding methods ------------------------------------------------------------------------------------
+def test_umap_missing_is_a_config_error_naming_the_package_and_the_pip_command(runs, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # `import umap` now raises ImportError, installed or not
+    with pytest.raises(ConfigError, match=r"umap-learn.*pip install"):
+        viz.embed_features(runs["conv"].model, load_dataset("digits"), method="umap", limit=50)
+    with pytest.raises(ConfigError, match="is not one of"):
+        viz.embed_features(runs["conv"].model, load_dataset("digits"), method="isomap", limit=50)
+
+
+def test_umap_embedding_where_installed(runs):
+    pytest.importorskip("umap", reason="umap-learn not installed (pip install 'convae[umap]')")
+    result = viz.embed_features(runs["conv"].model, load_dataset("digits"), method="umap", limit=60)
+    assert result["coords"].shape == (60, 2) and np.isfinite(result["coords"]).all() and result["method"] == "umap"
+
+
+def test_viz_cli_embedding_method_tsne(blob_runs, tmp_path, monkeypatch):
+    figures_module = importlib.import_module("convae.viz.figures")  # the module: convae.viz.figures is also the function
+
+    methods = []
+    original = figures_module.embed_features
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        methods.append(result["method"])
+        return result
+
+    monkeypatch.setattr(figures_module, "embed_features", spy)
+    assert main(["viz", str(blob_runs["conv"].path), "embedding", "--method", "tsne", "--out", str(tmp_path)]) == 0
+    assert methods == ["tsne"] and (tmp_path / "embedding_bottleneck.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["viz", str(blob_runs["conv"].path), "embedding", "--method", "isomap"])

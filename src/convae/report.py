@@ -3,7 +3,8 @@
 The page holds the configuration and layer geometry, training curves, reconstruction metrics and
 grids (beside an FCAE when one is given), the per-layer probe table with accuracy-versus-depth
 and accuracy-versus-labels plots (from the run's ``probe.json``), the visualizations of
-:mod:`convae.viz`, and the results of ``convae compare`` when a compare directory is given.
+:mod:`convae.viz`, a ConvAE's first-layer filters beside its untrained twin's with their edge
+scores (:mod:`convae.analysis.filters`), and the results of ``convae compare`` when a compare directory is given.
 Every image is an embedded base64 PNG and there is no script and no external link, so the file
 opens anywhere, offline, and can be mailed as it is.
 """
@@ -24,12 +25,14 @@ from matplotlib.figure import Figure
 from . import viz
 from ._version import __version__
 from .analysis.compare import load_compare
+from .analysis.filters import filter_study, format_filter_table
 from .analysis.tables import format_compare, format_table
 from .atomic import atomic_write_text
 from .runs import Run, as_run
 from .runtime import thread_limit
 from .training import evaluate
 from .viz.compare_plots import compare_figures
+from .viz.filter_plots import plot_filter_comparison
 from .viz.plots import figure_png
 
 logger = logging.getLogger(__name__)
@@ -158,7 +161,8 @@ def plot_probe(result: dict) -> Figure | None:
     """Accuracy versus depth (scan records) and versus labels per class (label-efficiency records)."""
     meta, records = result["meta"], result["records"]
     scan = meta.get("scan_classifier") or (meta.get("classifiers") or ["logreg"])[0]
-    layer_scan = [r for r in records if r["stage"] == "layers" and r["classifier"] == scan and r["family"] not in ("raw", "pca")]
+    encoders = ("convae", "untrained", "fcae")  # the families with layers; the baselines are drawn as lines and points
+    layer_scan = [r for r in records if r["stage"] == "layers" and r["classifier"] == scan and r["family"] in encoders]
     labels = [r for r in records if r["stage"] == "labels"]
     if not layer_scan and not labels:
         return None
@@ -183,9 +187,11 @@ def plot_probe(result: dict) -> Figure | None:
                 axes[0].annotate(r["layers"], (x, 100 * r["accuracy"]), fontsize=6, textcoords="offset points", xytext=(0, 4), ha="center")
     axes[0].set_xlabel("depth (stage / hidden layer number; the bottleneck last)")
     axes[0].xaxis.get_major_locator().set_params(integer=True)
+    styles = {"raw": ("gray", ":"), "pca": ("tab:olive", ":"), "hog": ("tab:brown", "--"), "scattering": ("tab:purple", "--")}
     for r in records:
-        if r["stage"] == "layers" and r["classifier"] == scan and r["family"] == "raw":
-            axes[0].axhline(100 * r["accuracy"], color="gray", linestyle=":", label="raw pixels")
+        if r["stage"] == "layers" and r["classifier"] == scan and r["family"] in styles:
+            colour, line = styles[r["family"]]
+            axes[0].axhline(100 * r["accuracy"], color=colour, linestyle=line, label=r["feature_set"] if r["family"] != "raw" else "raw pixels")
     axes[0].set_ylabel("accuracy (%)")
     axes[0].set_title(f"accuracy vs depth ({scan}, all labels)", fontsize=9)
     axes[0].legend(fontsize=6)
@@ -194,10 +200,14 @@ def plot_probe(result: dict) -> Figure | None:
         by_set.setdefault(r["feature_set"], []).append(r)
     for name, rs in by_set.items():
         rs = sorted(rs, key=lambda r: r["labels_per_class"])
+        everything = next((r for r in records if r["feature_set"] == name and r["classifier"] == scan and r["labels_per_class"] is None), None)
+        if everything is not None and rs:  # "all labels": the scan's own result, at the training images per class it had
+            per_class = everything["n_train"] / max(1, round(rs[-1]["n_train"] / rs[-1]["labels_per_class"]))
+            rs = rs + [{**everything, "labels_per_class": max(per_class, rs[-1]["labels_per_class"] * 1.5)}]
         axes[1].errorbar([r["labels_per_class"] for r in rs], [100 * r["accuracy"] for r in rs],
                          yerr=[100 * (r["accuracy_std"] or 0) for r in rs], marker="o", capsize=2, label=name)
     axes[1].set_xscale("log")
-    axes[1].set_xlabel("labelled examples per class")
+    axes[1].set_xlabel("labelled examples per class (the last point: all labels)")
     axes[1].set_title("accuracy vs labels (mean ± std over seeds)", fontsize=9)
     if by_set:
         axes[1].legend(fontsize=6)
@@ -208,9 +218,11 @@ def _viz_section(run: Run, dataset, fcae: Run | None, seed: int) -> str:
     model = run.model
     images, _ = viz.sample_images(dataset, 8, seed)
     models = {TITLES[run.config.model.kind]: model} | ({"FCAE": fcae.model} if fcae is not None else {})
-    parts = ["<h3>Reconstructions</h3>", figure_html(viz.plot_reconstructions(models, images), "Test images (top) and their reconstructions.")]
+    # the split viz.images_of_run drew (test where the data has one, else train) or that of the dataset given
+    shown = {"test": "test images", "train": "train-split images"}.get(dataset.split, "images")
+    parts = ["<h3>Reconstructions</h3>", figure_html(viz.plot_reconstructions(models, images), f"{shown.capitalize()} (top) and their reconstructions.")]
     parts += ["<h3>First-layer filters</h3>", figure_html(viz.plot_filters(model), "Each filter scaled to its own min..max.")]
-    parts += ["<h3>Feature maps</h3>", figure_html(viz.plot_feature_maps(model, images[:3]), "The most active channels of three test images at every depth.")]
+    parts += ["<h3>Feature maps</h3>", figure_html(viz.plot_feature_maps(model, images[:3]), f"The most active channels of three {shown} at every depth.")]
     spatial = [info.name for info in model.feature_info if info.spatial is not None]
     if spatial:
         parts.append("<h3>Top patches</h3>")
@@ -218,15 +230,36 @@ def _viz_section(run: Run, dataset, fcae: Run | None, seed: int) -> str:
             info = model.layer_info(name)
             rf = "x".join(map(str, info.receptive_field))
             parts.append(figure_html(viz.plot_top_patches(model, dataset, name, k=8, max_channels=12, limit=2000, seed=seed),
-                                     f"{name}: per channel, the 8 test images that excite it most, cropped to its {rf} receptive field."))
+                                     f"{name}: per channel, the 8 {shown} that excite it most, cropped to its {rf} receptive field."))
     parts += ["<h3>Activation maximization</h3>", figure_html(viz.plot_maximized(model, seed=seed, starts=viz.sample_images(dataset, 256, seed)[0]),
-                                                                "Inputs found by gradient ascent from random and from the most exciting test images "
+                                                                f"Inputs found by gradient ascent from random and from the most exciting {shown} "
                                                                 "(jitter, L2 and total-variation regularization).")]
     parts += ["<h3>Latent traversal</h3>", figure_html(viz.plot_traversal(model, images[0], dataset),
-                                                       "One test image decoded while each of the most-used bottleneck units is varied.")]
+                                                       f"One of the {shown} decoded while the bottleneck units of largest variance over the "
+                                                       "data are moved by -3..+3 standard deviations (a conv bottleneck: each channel at "
+                                                       "its position of largest variance).")]
     parts += ["<h3>Embedding</h3>", figure_html(viz.plot_embedding(model, dataset, layer="bottleneck", method="pca", limit=2000, seed=seed),
-                                                    "Bottleneck features of up to 2,000 test images, first two principal components.")]
+                                                    f"Bottleneck features of up to 2,000 {shown}, first two principal components.")]
     return "\n".join(parts)
+
+
+def _filters_section(run: Run) -> str:
+    """Trained vs untrained first-layer kernels with their edge scores (:mod:`convae.analysis.filters`); ConvAE runs only."""
+    study = filter_study(run, seed=run.config.train.seed)
+    scores = {name: values["score"] for name, values in study["scores"].items()}
+    fig = plot_filter_comparison(study["weights"], scores, chance=study["chance"]["mean"])
+    k = study["kernel_size"]
+    note = ("Edge score: the share of each filter's luminance energy (channels summed, mean removed) captured by its best-fitting "
+            f"Gabor of a {study['dictionary_size']}-atom dictionary (16 orientations x 8 phases x 5 frequencies x 3 envelopes), "
+            "i.e. the largest cos² between the filter and a unit-norm Gabor; it is read against random Gaussian filters of the "
+            "same shape (chance) and the untrained twin built from the run's seed. Excess over chance = (score - chance) / (1 - chance).")
+    if k <= 3:
+        note += (f" At {k}x{k} a kernel has only {k * k - 1} dimensions after its mean, so even random filters fit some Gabor "
+                 "well: expect little difference; train with model.kernel_size=5 or 7 to see edges.")
+    return (figure_html(fig, "Trained (left) and untrained (middle) first-layer filters, sorted by edge score (RGB input: below them "
+                             "each filter's channels summed, the luminance filter that is scored); right: the score "
+                             "distributions, the dotted line at the mean of random filters.")
+            + markdown_html(format_filter_table(study)) + f"<p class='muted'>{_esc(note)}</p>")
 
 
 def _recon_metrics(runs: dict[str, Run], dataset, limit: int = 2000) -> str:
@@ -271,6 +304,8 @@ def build_report(run, *, compare=None, fcae=None, data=None, seed: int = 0) -> s
         ("probe", "Linear probes", _probe_section(run)),
         ("viz", "What each depth responds to", _viz_section(run, dataset, fcae, seed)),
     ]
+    if run.config.model.kind == "conv":  # every ConvAE run, gray or RGB (the score is on luminance); an FCAE has no kernels
+        sections.append(("filters", "First-layer filters: trained vs untrained", _filters_section(run)))
     if compare is not None:
         sections.append(("compare", "ConvAE versus FCAE", _compare_section(compare)))
     nav = "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title, _ in sections)

@@ -7,7 +7,8 @@
 ``patches``    per channel, the top-k dataset patches, cropped to the layer's receptive field
 ``maximize``   activation maximization per channel at each depth (gradient ascent on the input)
 ``recon``      inputs beside the reconstructions of one or more models (ConvAE and FCAE)
-``traverse``   images decoded while one bottleneck unit (or a principal direction) is varied
+``traverse``   images decoded while a bottleneck unit (at one map position or over the whole map) or a
+               principal direction is varied, by -span..span data standard deviations along it
 ``embedding``  a 2-D projection of pooled features (PCA; t-SNE; UMAP where installed)
 =============  ====================================================================================
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,63 +125,202 @@ def plot_reconstructions(models: dict[str, nn.Module], images) -> Figure:
 
 
 # --- latent traversal ---------------------------------------------------------------------------------
+TRAVERSE_DIRECTIONS = ("unit", "pca")
+TRAVERSE_WHERE = ("position", "map")
+TRAVERSE_OPTIONS = {"units", "n_units", "direction", "where", "position", "span", "steps", "limit"}
+
+
+@torch.inference_mode()
+def _encode_all(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    dev = model_device(model)
+    return torch.cat([model.encode(images[i:i + batch_size].to(dev)).float() for i in range(0, len(images), batch_size)])
+
+
+def _principal_directions(flat: torch.Tensor, wanted: list[int]) -> tuple[torch.Tensor, list[float], list[float]]:
+    """Rows of ``flat`` (N, P) -> the principal directions numbered ``wanted`` (1 = largest), each scaled to
+    the data's standard deviation along it; those standard deviations; the fractions of variance."""
+    centred = flat - flat.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    bad = [k for k in wanted if not 1 <= k <= len(s)]
+    if bad:
+        raise ConfigError(f"principal direction(s) {bad} out of range: {len(flat)} sample latents of dimension {flat.shape[1]} "
+                          f"have {len(s)} (numbered from 1)")
+    idx = torch.tensor([k - 1 for k in wanted], device=flat.device)
+    std = s[idx] / math.sqrt(max(len(flat) - 1, 1))
+    total = float(s.pow(2).sum())
+    explained = (s[idx].pow(2) / total).tolist() if total > 0 else [0.0] * len(wanted)
+    return vh[idx] * std[:, None], std.tolist(), explained
+
+
+@torch.inference_mode()
+def latent_directions(model: nn.Module, data=None, *, direction: str = "unit", where: str = "position", units=None, n_units: int = 6,
+                      position=None, limit: int = 1000, seed: int = 0) -> dict:
+    """The bottleneck directions a traversal moves along, each scaled to one data standard deviation along it.
+
+    The latent is a vector (dense bottleneck) or a ``C x h x w`` map (1x1-conv bottleneck).
+
+    ``direction="unit"``: single units. For a vector, the ``n_units`` units with the largest standard
+    deviation over the sample latents (or ``units``). For a map, ``where="position"`` moves one
+    channel at one position: by default each channel's position of largest variance over the data (or
+    ``position=(y, x)`` for all), the channels ranked by that variance; ``where="map"`` moves every
+    position of a channel together (the direction ``1/sqrt(h*w)`` on its map, whose data standard
+    deviation is ``sqrt(h*w)`` times that of the channel's mean), the channels ranked by it.
+
+    ``direction="pca"``: the leading principal directions of the flattened latents over the data
+    (``units``: which ones, numbered from 1); for a map with ``where="map"``, those of the channel means,
+    each moving whole maps.
+
+    ``data`` (a dataset or tensor; up to ``limit`` images, drawn with ``seed``) is where the standard
+    deviations are measured. Without it ``"unit"`` moves by 1 in latent units (``scaled_by="latent units"``)
+    and ``"pca"`` is refused. Returns ``vectors`` (n, *latent_shape), ``labels``, ``std`` (per direction,
+    in latent units), ``positions`` ((y, x) per row, or None), ``explained`` (PCA: fraction of variance),
+    ``latent_shape``, ``n_samples`` and ``scaled_by``.
+    """
+    if direction not in TRAVERSE_DIRECTIONS:
+        raise ConfigError(f"direction={direction!r} is not one of {', '.join(map(repr, TRAVERSE_DIRECTIONS))}")
+    if where not in TRAVERSE_WHERE:
+        raise ConfigError(f"where={where!r} is not one of {', '.join(map(repr, TRAVERSE_WHERE))}")
+    dev = model_device(model)
+    c, h, w = model.in_shape
+    was = model.training
+    model.eval()
+    try:
+        shape = tuple(model.encode(torch.zeros(1, c, h, w, device=dev)).shape[1:])  # (D,) or (C, h, w)
+        zs = None if data is None else _encode_all(model, sample_images(data, limit, seed)[0])
+    finally:
+        model.train(was)
+    spatial = len(shape) == 3
+    if not spatial and where == "map":
+        raise ConfigError(f"where='map' needs a spatial (1x1-conv) bottleneck; this one is a vector of {shape[0]} units")
+    if position is not None:
+        if not spatial:
+            raise ConfigError(f"position= needs a spatial (1x1-conv) bottleneck; this one is a vector of {shape[0]} units")
+        if direction != "unit" or where != "position":
+            raise ConfigError("position= applies to direction='unit', where='position'")
+        position = tuple(int(v) for v in position)
+        if len(position) != 2 or not (0 <= position[0] < shape[1] and 0 <= position[1] < shape[2]):
+            raise ConfigError(f"position={position} is outside the {shape[1]}x{shape[2]} bottleneck map (y, x from 0)")
+    units = None if units is None else [int(u) for u in units]
+    if units is not None and not units:
+        raise ConfigError("units= is empty")
+    if direction == "unit" and units is not None:
+        bad = [u for u in units if not 0 <= u < shape[0]]
+        if bad:
+            what = "channels" if spatial else "units"
+            raise ConfigError(f"unit(s) {bad} out of range: the bottleneck has {shape[0]} {what} (numbered from 0)")
+    positions, explained = None, None
+    if direction == "pca":
+        if zs is None:
+            raise ConfigError("direction='pca' needs data: the principal directions are those of the latents of sample images")
+        wanted = units or list(range(1, min(n_units, len(zs), math.prod(shape)) + 1))
+        if spatial and where == "map":
+            vecs, std, explained = _principal_directions(zs.mean((2, 3)), wanted)  # (n, C): one shift per channel map
+            vectors = vecs[:, :, None, None].expand(len(vecs), *shape).clone()
+            std = [s * math.sqrt(shape[1] * shape[2]) for s in std]
+            labels = [f"PC{k} (maps)" for k in wanted]
+        else:
+            vecs, std, explained = _principal_directions(zs.flatten(1), wanted)
+            vectors = vecs.view(len(vecs), *shape)
+            labels = [f"PC{k}" for k in wanted]
+    elif not spatial or where == "map":
+        if zs is None:
+            spread = torch.ones(shape[0], device=dev)
+        else:
+            spread = zs.std(0) if not spatial else zs.mean((2, 3)).std(0)  # (D,): per unit, or per channel mean
+        chosen = units if units is not None else spread.argsort(descending=True)[:n_units].tolist()
+        vectors = torch.zeros(len(chosen), *shape, device=dev)
+        std = []
+        for i, u in enumerate(chosen):
+            s = float(spread[u]) if float(spread[u]) > 0 else 1.0  # a unit the data never moves: 1 latent unit
+            vectors[i, u] = s
+            std.append(s * math.sqrt(shape[1] * shape[2]) if spatial else s)
+        labels = [f"unit {u} (map)" if spatial else f"unit {u}" for u in chosen]
+    else:  # one channel at one position
+        if zs is None:
+            per_position = torch.ones(shape, device=dev)
+            per_position[:, (shape[1] - 1) // 2, (shape[2] - 1) // 2] = 2.0  # no data: the centre of the map
+        else:
+            per_position = zs.std(0)  # (C, h, w)
+        if position is not None:
+            best_std = per_position[:, position[0], position[1]]
+            best_at = torch.full((shape[0],), position[0] * shape[2] + position[1], device=dev)
+        else:
+            best_std, best_at = per_position.flatten(1).max(1)  # (C,): each channel's position of largest variance
+        chosen = units if units is not None else best_std.argsort(descending=True)[:n_units].tolist()
+        vectors = torch.zeros(len(chosen), *shape, device=dev)
+        std, positions = [], []
+        for i, u in enumerate(chosen):
+            y, x = divmod(int(best_at[u]), shape[2])
+            s = float(per_position[u, y, x]) if zs is not None and float(per_position[u, y, x]) > 0 else 1.0
+            vectors[i, u, y, x] = s
+            std.append(s)
+            positions.append((y, x))
+        labels = [f"unit {u} at ({y},{x})" for u, (y, x) in zip(chosen, positions)]
+    return {"vectors": vectors, "labels": labels, "std": std, "positions": positions, "explained": explained, "latent_shape": shape,
+            "n_samples": 0 if zs is None else len(zs), "scaled_by": "latent units" if zs is None else "data standard deviations",
+            "direction": direction, "where": where if spatial else None}
+
+
 @torch.inference_mode()
 def traverse_latent(model: nn.Module, image, data=None, *, units=None, n_units: int = 6, steps: int = 7, span: float = 3.0,
-                    direction: str = "unit", limit: int = 1000) -> dict:
-    """Decode ``image``'s latent moved along units (or principal directions) by -span..span std.
+                    direction: str = "unit", where: str = "position", position=None, limit: int = 1000, seed: int = 0) -> dict:
+    """Decode ``image``'s latent moved along bottleneck directions by ``-span..span`` data standard deviations.
 
-    ``direction="unit"``: the ``n_units`` bottleneck units with the largest spread over ``data``
-    (or ``units``); a spatial (conv) bottleneck varies the whole channel map. ``"pca"``: the
-    leading principal directions of the latents over ``data``. Returns ``images``
-    (n_directions, steps, C, H, W), ``labels`` and ``offsets``.
+    The directions are :func:`latent_directions`' (units, channels at a position or over the whole map,
+    or principal directions), each scaled to the data's standard deviation along it, measured on up to
+    ``limit`` images of ``data``. Returns ``images`` (n_directions, steps, C, H, W), ``offsets`` (steps,)
+    and everything :func:`latent_directions` returns but the vectors; with an odd ``steps`` the middle
+    column is the image's own reconstruction.
     """
+    if int(steps) < 2:
+        raise ConfigError(f"steps={steps}: a traversal needs at least 2 steps")
+    if not float(span) > 0:
+        raise ConfigError(f"span={span}: must be a positive number of standard deviations")
+    found = latent_directions(model, data, direction=direction, where=where, units=units, n_units=n_units, position=position,
+                              limit=limit, seed=seed)
     was = model.training
     model.eval()
     try:
         dev = model_device(model)
-        z = model.encode(float_images(image).reshape(1, *model.in_shape).to(dev)).float()  # (1, D) or (1, D, h, w)
-        if data is not None:
-            sample, _ = sample_images(data, limit)
-            zs = torch.cat([model.encode(sample[i:i + 256].to(dev)).float() for i in range(0, len(sample), 256)])
-        else:
-            zs = z + torch.randn(64, *z.shape[1:], device=dev)
-        flat = zs.flatten(2).mean(2) if zs.dim() == 4 else zs  # (N, D): one value per channel
-        if direction == "pca":
-            centred = flat - flat.mean(0)
-            _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-            vectors = vh[:n_units] * (s[:n_units, None] / math.sqrt(max(len(flat) - 1, 1)))
-            labels = [f"PC{i + 1}" for i in range(len(vectors))]
-        elif direction == "unit":
-            std = flat.std(0)
-            chosen = std.argsort(descending=True)[:n_units].tolist() if units is None else [int(u) for u in units]
-            vectors = torch.zeros(len(chosen), flat.shape[1], device=dev)
-            for i, u in enumerate(chosen):
-                vectors[i, u] = std[u] if float(std[u]) > 0 else 1.0
-            labels = [f"unit {u}" for u in chosen]
-        else:
-            raise ConfigError(f"direction={direction!r} is not one of 'unit', 'pca'")
-        offsets = torch.linspace(-span, span, steps, device=dev)
-        rows = []
-        for v in vectors:
-            shift = offsets[:, None] * v[None]  # (steps, D)
-            if z.dim() == 4:
-                shift = shift[:, :, None, None]
-            rows.append(model.decode(z + shift).float().cpu())
-        return {"images": torch.stack(rows), "labels": labels, "offsets": offsets.cpu().numpy()}
+        z = model.encode(float_images(image).reshape(1, *model.in_shape).to(dev)).float()  # (1, D) or (1, C, h, w)
+        offsets = torch.linspace(-float(span), float(span), int(steps), device=dev)
+        rows = [model.decode(z + offsets.view(-1, *[1] * (z.dim() - 1)) * v[None]).float().cpu() for v in found["vectors"]]
     finally:
         model.train(was)
+    result = {k: v for k, v in found.items() if k != "vectors"}
+    return result | {"images": torch.stack(rows), "offsets": offsets.cpu().numpy()}
 
 
 def plot_traversal(model: nn.Module, image, data=None, **kwargs) -> Figure:
+    """Rows: directions (labelled; PCA rows with their share of the variance); columns: the offsets."""
     result = traverse_latent(model, image, data, **kwargs)
-    return plot_mosaic(result["images"], row_labels=result["labels"], col_labels=[f"{v:+.1f}" for v in result["offsets"]], cell=0.7,
-                       title="latent traversal\n(columns: offset in standard deviations over the data)")
+    labels = result["labels"]
+    if result["explained"] is not None:
+        labels = [f"{label}\n{100 * e:.0f}% var" for label, e in zip(labels, result["explained"])]
+    shape = "x".join(map(str, result["latent_shape"]))
+    what = {"unit": "units", "pca": "principal directions"}[result["direction"]]
+    if result["where"] == "position" and result["direction"] == "unit":
+        what = "one channel at one position (y,x)"
+    elif result["where"] == "map":
+        what += ", each moving a whole channel map"
+    over = f"over {result['n_samples']} images" if result["n_samples"] else "(no data: latent units)"
+    return plot_mosaic(result["images"], row_labels=labels, col_labels=[f"{v:+.1f}" for v in result["offsets"]], cell=0.7,
+                       title=f"latent traversal of the {shape} bottleneck: {what}\n(columns: offset in {result['scaled_by']} {over})")
 
 
 # --- embedding ----------------------------------------------------------------------------------------
+EMBED_METHODS = ("pca", "tsne", "umap")
+
+
 def embed_features(model: nn.Module, data, *, layer="bottleneck", pool: str = "avg", method: str = "pca", limit: int = 2000,
                    seed: int = 0) -> dict:
-    """Pooled features of up to ``limit`` images projected to 2-D: ``coords`` (N, 2), ``labels`` or None."""
+    """Pooled features of up to ``limit`` images projected to 2-D: ``coords`` (N, 2), ``labels`` or None.
+
+    ``method``: ``"pca"``, ``"tsne"`` (scikit-learn) or ``"umap"`` (the optional umap-learn package,
+    ``pip install 'convae[umap]'``; imported only here).
+    """
+    if method not in EMBED_METHODS:
+        raise ConfigError(f"method={method!r} is not one of {', '.join(map(repr, EMBED_METHODS))}")
     images, labels = sample_images(data, limit, seed)
     feats = extract_features(model, images, layers=[layer], pool=pool)
     feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
@@ -195,10 +336,13 @@ def embed_features(model: nn.Module, data, *, layer="bottleneck", pool: str = "a
         try:
             import umap
         except ImportError:
-            raise ConfigError("method='umap' needs the umap-learn package (pip install umap-learn); use 'pca' or 'tsne'") from None
-        coords = umap.UMAP(n_components=2, random_state=seed).fit_transform(feats)
+            raise ConfigError("method='umap' needs the optional package umap-learn, which is not installed: "
+                              "pip install umap-learn (or pip install 'convae[umap]'); or use method 'pca' or 'tsne'") from None
+        with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": seeded UMAP runs on one thread
+            warnings.filterwarnings("ignore", message=".*n_jobs.*", category=UserWarning)
+            coords = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, len(feats) - 1)), random_state=seed).fit_transform(feats)
     else:
-        raise ConfigError(f"method={method!r} is not one of 'pca', 'tsne', 'umap'")
+        raise ConfigError(f"method={method!r} is not one of {', '.join(map(repr, EMBED_METHODS))}")
     return {"coords": np.asarray(coords, np.float32), "labels": labels, "layer": model.layer_info(layer).name, "method": method,
             "class_names": getattr(data, "class_names", None)}
 
@@ -231,15 +375,24 @@ def images_of_run(run, data, split: str | None = None):
     return prepare_data(data, run.in_shape, split=split or "all")
 
 
-def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, seed: int = 0) -> dict[str, Figure]:
+def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, seed: int = 0, traverse: dict | None = None,
+            method: str = "pca") -> dict[str, Figure]:
     """``{name: Figure}`` of one visualization ``kind`` (see :data:`KINDS`) for a run (path or Run).
 
     ``others``: more runs (paths or Runs) whose reconstructions join ``recon``, e.g. the FCAE.
     ``layers``: for ``patches``/``embedding`` one figure per layer (default: every layer for
     patches, the bottleneck for embedding); for ``maps``/``maximize`` the rows.
+    ``traverse``: keyword arguments of :func:`traverse_latent` (``units``, ``n_units``, ``direction``,
+    ``where``, ``position``, ``span``, ``steps``); ``method``: the embedding's projection (:data:`EMBED_METHODS`).
     """
     if kind not in KINDS:
         raise ConfigError(f"viz kind {kind!r} is not one of: {', '.join(KINDS)}")
+    if method not in EMBED_METHODS:
+        raise ConfigError(f"method={method!r} is not one of {', '.join(map(repr, EMBED_METHODS))}")
+    traverse = dict(traverse or {})
+    unknown = sorted(set(traverse) - TRAVERSE_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown traversal option(s) {unknown}; known: {', '.join(sorted(TRAVERSE_OPTIONS))}")
     layers = separate_layers(layers, verb="viz")
     run = as_run(run)
     model = run.model
@@ -261,27 +414,33 @@ def figures(run, kind: str, *, layers=None, data=None, others=(), n: int = 8, se
         return {"recon": plot_reconstructions(models, sample_images(dataset, n, seed)[0])}
     if kind == "traverse":
         image = sample_images(dataset, 1, seed)[0][0]
-        return {"traverse": plot_traversal(model, image, dataset)}
+        return {"traverse": plot_traversal(model, image, dataset, seed=seed, **traverse)}
     if kind == "patches":
         names = model.resolve_layers(layers)
         return {f"patches_{name}": plot_top_patches(model, dataset, name, k=n, seed=seed) for name in names}
     names = model.resolve_layers(layers if layers is not None else ["bottleneck"])
-    return {f"embedding_{name}": plot_embedding(model, dataset, layer=name, seed=seed) for name in names}
+    return {f"embedding_{name}": plot_embedding(model, dataset, layer=name, method=method, seed=seed) for name in names}
 
 
-def render(run, kind: str, *, layers=None, out_dir=None, data=None, others=(), n: int = 8, seed: int = 0) -> list[Path]:
-    """Save one kind of visualization (or ``"all"``) as PNGs in ``out_dir`` (default RUN/viz); the paths."""
+def render(run, kind: str, *, layers=None, out_dir=None, data=None, others=(), n: int = 8, seed: int = 0, traverse: dict | None = None,
+           method: str = "pca") -> list[Path]:
+    """Save one kind of visualization (or ``"all"``) as PNGs in ``out_dir`` (default RUN/viz); the paths.
+
+    ``traverse`` and ``method``: as in :func:`figures`.
+    """
     run = as_run(run)
     out = Path(out_dir) if out_dir is not None else Path(run.path) / "viz"
     kinds = KINDS if kind == "all" else (kind,)
     paths = []
     with thread_limit(1):  # small batches: on a busy CPU one thread is faster than two waiting on each other
         for k in kinds:
-            for name, fig in figures(run, k, layers=layers, data=data, others=others, n=n, seed=seed).items():
+            for name, fig in figures(run, k, layers=layers, data=data, others=others, n=n, seed=seed, traverse=traverse,
+                                     method=method).items():
                 paths.append(save_figure(fig, out / f"{name}.png"))
     return paths
 
 
-__all__ = ["KINDS", "images_of_run", "sample_images", "crop_receptive_field", "embed_features", "figures", "first_layer_filters", "layer_outputs",
-           "maximize_activation", "plot_embedding", "plot_feature_maps", "plot_filters", "plot_maximized", "plot_reconstructions",
-           "plot_top_patches", "plot_traversal", "reconstruct", "render", "top_patches", "traverse_latent"]
+__all__ = ["EMBED_METHODS", "KINDS", "TRAVERSE_DIRECTIONS", "TRAVERSE_WHERE", "images_of_run", "sample_images", "crop_receptive_field",
+           "embed_features", "figures", "first_layer_filters", "latent_directions", "layer_outputs", "maximize_activation", "plot_embedding",
+           "plot_feature_maps", "plot_filters", "plot_maximized", "plot_reconstructions", "plot_top_patches", "plot_traversal", "reconstruct",
+           "render", "top_patches", "traverse_latent"]
