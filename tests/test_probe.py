@@ -24,8 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _train(path, *overrides):
     cfg = apply_overrides(RunConfig(), ["data.spec=digits", "train.epochs=1", "train.batch_size=64", "train.precision=fp32",
-                                        "model.latent_dim=6",
-                                        "model.bottleneck=dense", *overrides])  # a vector bottleneck: the tables below expect it
+                                        "model.latent_dim=6", *overrides])
     train(cfg, path, progress=False)
     return path
 
@@ -34,7 +33,8 @@ def _train(path, *overrides):
 def runs(tmp_path_factory):
     """A ConvAE (stage1, stage2, bottleneck) and an FCAE (hidden1, bottleneck) trained briefly on digits."""
     root = tmp_path_factory.mktemp("runs")
-    return _train(root / "conv", "model.channels=4,8"), _train(root / "dense", "model.kind=dense", "model.hidden=16")
+    # the ConvAE with a vector (dense) bottleneck: the tables below expect it
+    return _train(root / "conv", "model.channels=4,8", "model.bottleneck=dense"), _train(root / "dense", "model.kind=dense", "model.hidden=16")
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +64,17 @@ def test_probe_records_every_feature_set_with_its_baselines_and_writes_its_files
     scan = {r["feature_set"]: r for r in records if r["stage"] == "layers"}
     assert {"convae:stage1/avg", "convae:stage1/avg2", "convae:stage2/avg", "convae:stage2/avg2", "convae:bottleneck",
             "untrained:stage2/avg2", "untrained:bottleneck", "fcae:hidden1", "fcae:bottleneck", "raw"} <= set(scan)
-    assert {r["dim"] for r in scan.values() if r["family"] == "pca"} == {4, 6, 8, 16, 32}  # one per encoder dimension
+    assert {r["dim"] for r in scan.values() if r["family"] == "pca_whitened"} == {4, 6, 8, 16, 32}  # one per encoder dimension
+    (honest,) = [r for r in scan.values() if r["family"] == "pca"]  # one honest PCA, its dimension chosen on held-out images
+    assert honest["dim"] == result.meta["baseline_params"]["pca"]["dim"] in (10, 20, 50, 64)
+    assert {"hog", "scattering"} <= set(scan) and result.meta["baseline_params"]["hog"] == {"cell": 2, "block": 2, "orientations": 9}
     assert scan["raw"]["dim"] == 64 and scan["convae:stage2/avg2"]["dim"] == 32 and scan["fcae:hidden1"]["dim"] == 16
     assert all(r["protocol"] == "2-fold CV" and r["n_train"] == 150 and r["n_test"] == 150 for r in scan.values())
     assert all(0 <= r["accuracy"] <= 1 and r["fit_seconds"] >= 0 for r in records)
 
     best = result.meta["best"]
     assert [name.split(":")[0] for name in best[:3]] == ["convae", "untrained", "fcae"] and best[3] == "raw"
-    assert best[4].startswith("pca")
+    assert best[4] == honest["feature_set"] and best[5:] == ["hog", "scattering"]
     for name in best:  # every classifier at each family's best layer, and label efficiency over two seeds
         assert {r["classifier"] for r in records if r["feature_set"] == name and r["labels_per_class"] is None} == {"logreg", "linear_svc"}
         (few,) = [r for r in records if r["feature_set"] == name and r["labels_per_class"] == 5]
@@ -82,7 +85,7 @@ def test_probe_records_every_feature_set_with_its_baselines_and_writes_its_files
     assert len(list(csv.DictReader(io.StringIO((tmp_path / "probe.csv").read_text())))) == len(records)
     table = (tmp_path / "probe.md").read_text()
     assert table.strip() == format_table(result) == format_table(on_disk)
-    assert "| stage2 | avg2 | 32 |" in table and "untrained" in table and "PCA, same dim" in table and "5/class" in table
+    assert "| stage2 | avg2 | 32 |" in table and "untrained" in table and "PCA same dim, whitened" in table and "Without training" in table and "5/class" in table
 
 
 def test_every_classifier_runs_on_the_best_layer(runs, tmp_path):
@@ -137,7 +140,11 @@ def test_bad_settings_are_refused_before_any_work(runs):
     with pytest.raises(ConfigError, match="unknown classifier"):
         probe(conv, "digits", classifiers=["knn"], write=False)
     with pytest.raises(ConfigError, match="unknown baseline"):
-        probe(conv, "digits", baselines=["hog"], write=False)
+        probe(conv, "digits", baselines=["sift"], write=False)
+    with pytest.raises(ConfigError, match="hog: unknown parameter"):
+        probe(conv, "digits", hog={"cells": 4}, write=False)
+    with pytest.raises(ConfigError, match="scattering: J must be a positive integer"):
+        probe(conv, "digits", scattering={"J": 0}, write=False)
     with pytest.raises(ConfigError, match="not valid"):
         probe(conv, "digits", pool="mean", write=False)
 
@@ -160,3 +167,59 @@ def test_a_thread_limit_holds_only_while_probing(runs):
     finally:
         CLASSIFIERS["logreg"] = original
     assert set(seen) == {2} and torch.get_num_threads() == 1  # the module's one thread is back
+
+
+def _header(**meta):
+    base = {"run": "r", "data": "digits", "protocol": "5-fold CV", "n_train": 1797, "n_test": None, "n_available": 1797,
+            "train_limit": 10_000, "model_kind": "conv", "classifiers": ["logreg"], "scan_classifier": "logreg", "best": [],
+            "labels_per_class": [], "seeds": [0], "skipped": [], "seconds": 1.0, "feature_seconds": 0.5, "precision": "fp32"}
+    return format_table({"meta": {**base, **meta}, "records": []}).splitlines()[0]
+
+
+def test_probe_header_says_what_was_used_not_the_limit():
+    # quick mode's train_limit=10,000 on 1,797 digits: every image was used, no sample
+    line = _header()
+    assert "1,797 training images;" in line and "sample" not in line and "10,000" not in line
+    line = _header(protocol="test split", n_train=10_000, n_test=10_000, n_available=60_000)
+    assert "10,000 training images (a stratified sample of 10,000 of the 60,000)" in line and ", 10,000 test" in line
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory):
+    """A ConvAE alone, trained briefly on 1x8x8 digits."""
+    return _train(tmp_path_factory.mktemp("conv") / "conv", "model.channels=4,8")
+
+
+def test_loading_another_size_warns_once_naming_both_sizes_and_the_conversion(conv_run, rgb_npz, caplog):
+    from convae.analysis.probe import load_probe_data
+    from convae.runs import load_run
+
+    run = load_run(conv_run)  # 1x8x8 digits; rgb_npz: 3x16x16 with a test split
+    with caplog.at_level("WARNING", logger="convae.analysis.probe"):
+        train, test = load_probe_data(run, f"npz:{rgb_npz}", None)
+    (warning,) = [r.getMessage() for r in caplog.records]  # once, though the train and test splits both convert
+    assert "are 3x16x16 (CxHxW) but the run takes 1x8x8" in warning and "3 channels -> 1 (luma)" in warning
+    assert "resizing 16x16 -> 8x8" in warning and train.shape == test.shape == (1, 8, 8)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="convae.analysis.probe"):
+        train, _ = load_probe_data(run, f"npz:{rgb_npz}", None, image_size="8x8")
+    (warning,) = [r.getMessage() for r in caplog.records]  # the resize was asked for; the channels were not
+    assert "1x8x8 after --image-size" not in warning and "3x8x8 after --image-size" in warning and "resizing" not in warning
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="convae.analysis.probe"):
+        load_probe_data(run, "digits", None)
+    assert not caplog.records
+
+
+def test_a_dataset_object_of_another_size_is_converted_once_so_the_pixel_baselines_match_the_encoder(runs):
+    conv, _ = runs  # a 1x8x8 run; a 3x16x16 ImageDataset in memory
+    from convae.data import ImageDataset
+
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    x = torch.from_numpy((rng.random((90, 3, 16, 16)) * 255).astype(np.uint8))
+    data = ImageDataset(x, y, "array", "all")
+    result = probe(conv, data, layers=["stage1"], pool="avg", baselines=["raw", "hog"], classifiers=["logreg"],
+                   labels_per_class=[], seeds=[0], cv_folds=2, write=False)
+    dims = {r["feature_set"]: r["dim"] for r in result.records}
+    assert dims["raw"] == 64 and result.meta["baseline_params"]["hog"]["cell"] == 2  # pixels and HOG at the run's 1x8x8

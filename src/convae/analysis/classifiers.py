@@ -67,13 +67,17 @@ def per_class_subsample(labels: np.ndarray, idx: np.ndarray, k: int, seed: int) 
 
 # --- fitting and scoring ----------------------------------------------------------------------------------
 def score(classifier: str, X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int,
-           n_jobs: int | None) -> tuple[float, float, bool]:
-    """(accuracy, fit seconds, converged) of Pipeline(StandardScaler, classifier) fitted on ``train`` rows."""
+          n_jobs: int | None, standardize: bool = True) -> tuple[float, float, bool]:
+    """(accuracy, fit seconds, converged) of Pipeline(StandardScaler, classifier) fitted on ``train`` rows.
+
+    ``standardize=False`` leaves out the scaler, for sets that carry their own scale (the honest PCA).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), CLASSIFIERS[classifier](seed, n_jobs))
+    steps = [StandardScaler()] if standardize else []
+    model = make_pipeline(*steps, CLASSIFIERS[classifier](seed, n_jobs))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         t0 = time.perf_counter()
@@ -106,7 +110,7 @@ def evaluate_set(fs: FeatureSet, classifier: str, labels: np.ndarray, folds, *, 
                 rows = per_class_subsample(labels, train, labels_per_class, seed)
             else:
                 rows = stratified_sample(labels, train, limits.get(classifier, len(train)), seed)
-            acc, secs, ok = score(classifier, fs.matrix(i), labels, rows, test, seed, n_jobs)
+            acc, secs, ok = score(classifier, fs.matrix(i), labels, rows, test, seed, n_jobs, fs.standardize)
             fold_acc.append(acc)
             seconds.append(secs)
             n_train.append(len(rows))

@@ -8,9 +8,16 @@ Feature sets (every one on the same images, splits and classifiers):
   layers and pooling;
 - ``fcae``: an FCAE run's layers, when one is given;
 - ``raw``: the pixels, flattened;
-- ``pca``: the pixels projected on their leading principal components, as many as the feature
-  set it is compared with has values (at most min(n_train, n_pixels)). PCA, like the
-  autoencoders, sees the training images without labels.
+- ``pca``: PCA of the pixels in its best honest form: not whitened (the components keep their
+  variances) and its dimension chosen on held-out training images (never the test labels); beside
+  each encoder row the table also shows ``pca_whitened``, PCA to the same dimension as that row and
+  then standardized, a labelled comparison only (its trailing components are noise blown up to unit
+  variance, which sinks it with few labels). PCA, like the autoencoders, sees the training images
+  without labels;
+- ``hog`` and ``scattering``: hand-designed features with no training at all (HOG from
+  scikit-image, the wavelet scattering transform from Kymatio; :mod:`convae.analysis.baselines`),
+  with parameters chosen for the image size and recorded in ``probe.json``; skipped, with the reason
+  in the table, when their library is missing (``pip install 'convae[baselines]'``).
 
 Protocol: the dataset's own train/test split where it has one (Fashion-MNIST: 60k/10k), else
 stratified k-fold cross-validation (accuracies averaged over folds). Every classifier is a
@@ -41,27 +48,33 @@ classifier x label count), ``probe.csv`` and ``probe.md`` in the run directory.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_write_json, atomic_write_text
-from ..data import has_test_split
+from ..data import convert_images, has_test_split, load_dataset, parse_image_size
+from ..data.folders import list_image_files, probe_image
+from ..data.specs import parse_spec
 from ..errors import ConfigError, DataError
 from ..features import parse_pool, prepare_data, resolve_groups, run_precision
 from ..models import build_from_config
 from ..runs import Run, as_run
 from ..runtime import resolve_device, thread_limit
 from .classifiers import CLASSIFIERS, evaluate_set, stratified_sample
-from .feature_sets import FeatureSet, encoder_sets, middle_layer, pca_sets, pixel_matrix
+from .baselines import HAND_DESIGNED, available, hand_designed_features, resolve_params
+from .classifiers import score
+from .feature_sets import FeatureSet, encoder_sets, honest_pca_set, middle_layer, pca_sets, pixel_matrix
 from .tables import format_table, records_csv
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("untrained", "fcae", "raw", "pca")
+BASELINES = ("untrained", "fcae", "raw", "pca", "hog", "scattering")
+QUICK_BASELINES = ("untrained", "fcae", "raw", "pca", "hog")  # scattering costs minutes on a large dataset
 QUICK_TRAIN_LIMIT = 10_000
 
 
@@ -91,6 +104,7 @@ class ProbeSettings:
     classifier_limits: dict[str, int]
     threads: int | None
     quick: bool
+    baseline_params: dict = field(default_factory=dict)
 
     @property
     def scan(self) -> list[str]:
@@ -99,13 +113,14 @@ class ProbeSettings:
 
     @classmethod
     def resolve(cls, *, pool, classifiers, scan_classifier, baselines, labels_per_class, seeds, train_limit,
-                classifier_limits, threads, quick) -> ProbeSettings:
+                classifier_limits, threads, quick, hog=None, scattering=None) -> ProbeSettings:
         pools = [parse_pool(p) for p in ([pool] if isinstance(pool, str) else pool)]
         classifiers = list(classifiers) if classifiers is not None else ([scan_classifier or "logreg"] if quick else list(CLASSIFIERS))
         named = classifiers + ([scan_classifier] if scan_classifier else []) + list(classifier_limits or {})
         unknown = [c for c in named if c not in CLASSIFIERS]
         if unknown:
             raise ConfigError(f"unknown classifier(s) {unknown}; choose from {', '.join(CLASSIFIERS)}")
+        baselines = list(baselines) if baselines is not None else list(QUICK_BASELINES if quick else BASELINES)
         unknown = [b for b in baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {', '.join(BASELINES)}")
@@ -122,19 +137,84 @@ class ProbeSettings:
         if train_limit is not None and train_limit < 2:
             raise ConfigError(f"train_limit must be at least 2 images, got {train_limit}")
         threads = threads if threads is not None else (1 if quick else None)
+        given = {name: dict(value) for name, value in (("hog", hog), ("scattering", scattering)) if value}
+        for name, value in given.items():
+            resolve_params(name, (1, 4096, 4096), value)  # unknown keys and bad values fail before any work
         return cls(pools, classifiers, scan_classifier, list(baselines), [int(k) for k in counts], seeds, train_limit,
-                   dict(classifier_limits or {}), threads, quick)
+                   dict(classifier_limits or {}), threads, quick, given)
 
 
 # --- data and folds ---------------------------------------------------------------------------------------
-def load_probe_data(run: Run, data, test_data):
-    """(train dataset, test dataset or None), converted to the run's (C, H, W) on load or per batch."""
+def load_probe_data(run: Run, data, test_data, image_size=None):
+    """(train dataset, test dataset or None), converted to the run's (C, H, W) on load or per batch.
+
+    ``image_size`` ((H, W) or "HxW") resizes a spec's images when loading them, before they are
+    converted to the run's input (as ``convae extract --image-size`` does). A conversion that was
+    not asked for (a dataset of another size or channel count than the run's) is logged as a
+    warning naming the dataset's size, the run's and the conversion, once per probe.
+    """
     data = run.config.data.spec if data is None else data
+    size = parse_image_size(image_size)
+    said: set[str] = set()
+
+    in_shape = tuple(int(v) for v in run.in_shape)
+
+    def load(d, split):
+        if isinstance(d, (str, os.PathLike)):
+            return _load_spec(str(d), split, size, in_shape, said)
+        dataset = prepare_data(d, run.in_shape, split=split)
+        if dataset.images is not None and tuple(dataset.shape) != in_shape:  # in memory: convert once, so the pixel
+            message = _conversion_note(f"{dataset.spec} images", tuple(dataset.shape), None, in_shape)  # baselines see
+            if message not in said:  # the images the encoder sees
+                said.add(message)
+                logger.warning("%s", message)
+            dataset = replace(dataset, images=convert_images(dataset.images, image_size=in_shape[1:], channels=in_shape[0]))
+        return dataset  # a streaming dataset is converted batch by batch
+
     if isinstance(data, str) and test_data is None and has_test_split(data):
-        return prepare_data(data, run.in_shape, split="train"), prepare_data(data, run.in_shape, split="test")
-    train = prepare_data(data, run.in_shape, split="all")
-    test = prepare_data(test_data, run.in_shape, split="test") if test_data is not None else None
-    return train, test
+        return load(data, "train"), load(data, "test")
+    return load(data, "all"), (load(test_data, "test") if test_data is not None else None)
+
+
+def _load_spec(spec: str, split: str, size, in_shape: tuple[int, int, int], said: set[str]):
+    """One split of a spec at the run's ``in_shape`` (resized to ``size`` first, if given), warning of what converts it."""
+    c, h, w = in_shape
+    kind, path = parse_spec(spec)
+    if kind == "folder":  # a folder may mix sizes, and a large one streams: decode it at the size wanted
+        if size is None or size == (h, w):
+            dataset = load_dataset(spec, split, image_size=(h, w), channels=c)
+        else:
+            loaded = load_dataset(spec, split, image_size=size, in_memory=True)
+            dataset = replace(loaded, images=convert_images(loaded.images, image_size=(h, w), channels=c))
+        info = probe_image(list_image_files(path)[0][0])
+        source, what = (1 if info.gray else 3, info.size[1], info.size[0]), f"{spec} images (the first file's size)"
+    else:  # loaded as they come, then converted: the same pixels as loading them at the run's size
+        loaded = load_dataset(spec, split)
+        source, what = tuple(loaded.shape), f"{spec} images"
+        images = loaded.images if size is None or size == (h, w) else convert_images(loaded.images, image_size=size)
+        dataset = replace(loaded, images=convert_images(images, image_size=(h, w), channels=c))
+    message = _conversion_note(what, source, size, in_shape)
+    if message and message not in said:
+        said.add(message)
+        logger.warning("%s", message)
+    return dataset
+
+
+def _conversion_note(what: str, source: tuple[int, int, int], size, in_shape: tuple[int, int, int]) -> str | None:
+    """What converting images of (C, H, W) ``source`` (resized to ``size`` first, if given) to ``in_shape`` does
+    beyond what ``size`` asked for; None when nothing."""
+    c, h, w = in_shape
+    start = (source[1], source[2]) if size is None else size
+    steps = []
+    if source[0] != c:
+        steps.append("3 channels -> 1 (luma)" if c == 1 else "1 channel -> 3 (repeated)")
+    if start != (h, w):
+        steps.append(f"resizing {start[0]}x{start[1]} -> {h}x{w}, bilinear with antialiasing")
+    if not steps:
+        return None
+    after = f", {source[0]}x{size[0]}x{size[1]} after --image-size," if size and size != source[1:] else ""
+    return (f"{what} are {'x'.join(map(str, source))} (CxHxW){after} but the run takes {c}x{h}x{w}: converting them "
+            f"({'; '.join(steps)}), so the probe measures the run on converted images")
 
 
 def make_folds(labels: np.ndarray, n_train: int, has_test: bool, cv_folds: int, seed: int) -> tuple[list, str]:
@@ -151,9 +231,12 @@ def make_folds(labels: np.ndarray, n_train: int, has_test: bool, cv_folds: int, 
 
 
 # --- feature sets -----------------------------------------------------------------------------------------
-def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list, folds, *, fcae, dev, precision, extract: dict,
-                       skipped: list[str]) -> tuple[list[FeatureSet], str, dict | None]:
-    """Every feature set of the probe: the run's encoder, then the baselines asked for. Returns (sets, family, FCAE info)."""
+def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list, labels: np.ndarray, folds, *, fcae, dev, precision,
+                       extract: dict, skipped: list[str]) -> tuple[list[FeatureSet], str, dict | None, dict]:
+    """Every feature set of the probe: the run's encoder, then the baselines asked for.
+
+    Returns (sets, the run's family, FCAE info, the baselines' parameters and choices for probe.json).
+    """
     family = "convae" if model.__class__.__name__ == "ConvAutoencoder" else "fcae"
     sets = encoder_sets(family, model, groups, st.pools, images, **extract)
     if not sets:
@@ -174,9 +257,29 @@ def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list,
     pixels = pixel_matrix(images) if ("raw" in st.baselines or "pca" in st.baselines) else None
     if "raw" in st.baselines:
         sets.append(FeatureSet("raw", "pixels", "-", pixels.shape[1], lambda fold: pixels))
+    choices: dict = {}
     if "pca" in st.baselines:
         sets += pca_sets(pixels, [s.dim for s in sets if s.family in ("convae", "fcae")], folds, st.seeds[0])
-    return sets, family, fcae_info
+        first = st.scan[0]
+        honest, choices["pca"] = honest_pca_set(
+            pixels, labels, folds, st.seeds[0],
+            lambda X, train, test: score(first, X, labels, train, test, st.seeds[0], None, standardize=False)[0])
+        if honest is not None:
+            sets.append(honest)
+            logger.info("PCA dimension chosen on held-out training images: %d", honest.dim)
+    for method in HAND_DESIGNED:
+        if method not in st.baselines:
+            continue
+        reason = available(method)
+        if reason is not None:
+            skipped.append(f"{method}: {reason}")
+            logger.warning("skipping the %s baseline: %s", method, reason)
+            continue
+        params = resolve_params(method, run.in_shape, st.baseline_params.get(method))
+        X = np.concatenate([hand_designed_features(method, d, params) for d in images])
+        sets.append(FeatureSet(method, method, "-", X.shape[1], lambda fold, X=X: X))
+        choices[method] = params
+    return sets, family, fcae_info, choices
 
 
 # --- the three stages -------------------------------------------------------------------------------------
@@ -191,17 +294,13 @@ def scan_layers(sets: list[FeatureSet], st: ProbeSettings, common: dict, records
 
 
 def best_sets(sets: list[FeatureSet], family: str, first: str, by_set: dict) -> list[FeatureSet]:
-    """The best scanned set of each encoder family, raw pixels, and PCA of the dimension nearest the run's best."""
+    """The best scanned set of each encoder family, then raw pixels, the honest PCA and the hand-designed baselines."""
     best: list[FeatureSet] = []
     for fam in (family, "untrained", "fcae"):
         candidates = [fs for fs in sets if fs.family == fam]
         if candidates:
             best.append(max(candidates, key=lambda fs: by_set[fs.name][first]["accuracy"]))
-    best += [fs for fs in sets if fs.family == "raw"]
-    if best and best[0].family == family:
-        pca = [fs for fs in sets if fs.family == "pca"]
-        if pca:
-            best.append(min(pca, key=lambda fs: abs(fs.dim - best[0].dim)))
+    best += [fs for fs in sets if fs.family in ("raw", "pca", *HAND_DESIGNED)]  # one set each
     return best
 
 
@@ -235,11 +334,11 @@ def write_probe(result: ProbeResult, out: Path) -> None:
 
 # --- the harness ------------------------------------------------------------------------------------------
 def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifiers=None, scan_classifier: str | None = "logreg",
-          baselines=BASELINES, fcae=None, labels_per_class=None, seeds=None, train_limit: int | None = None,
-          classifier_limits: dict[str, int] | None = None, cv_folds: int = 5,
+          baselines=None, fcae=None, labels_per_class=None, seeds=None, train_limit: int | None = None,
+          classifier_limits: dict[str, int] | None = None, cv_folds: int = 5, image_size=None,
           quick: bool = False, batch_size: int = 256, precision: str | None = None, device: str = "auto",
           threads: int | None = None, n_jobs: int | None = None, out_dir=None, write: bool = True,
-          progress: bool = False) -> ProbeResult:
+          progress: bool = False, hog: dict | None = None, scattering: dict | None = None) -> ProbeResult:
     """Probe a run's encoder features with classical classifiers, beside the baselines.
 
     Parameters
@@ -262,7 +361,12 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     scan_classifier : str or None, default "logreg"
         The classifier of the layer scan and label efficiency; None runs every classifier on
         every feature set.
-    baselines : iterable, default ("untrained", "fcae", "raw", "pca")
+    baselines : iterable, optional
+        From :data:`BASELINES`; default all of them (quick: all but ``scattering``, which costs
+        minutes on a large dataset the first time; its features are cached).
+    hog, scattering : dict, optional
+        Parameters of the hand-designed baselines (``{"cell": 4, "block": 2, "orientations": 9}``,
+        ``{"J": 2, "L": 8}``); defaults are chosen for the image size (:mod:`convae.analysis.baselines`).
     fcae : str, Path or Run, optional
         An FCAE run whose layers join the comparison.
     labels_per_class : list of int, optional
@@ -277,6 +381,10 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         for the classifiers whose cost grows faster than the data; the records say how many.
     precision : str, optional
         Extraction precision; None: the run's training precision.
+    image_size : str or (int, int), optional
+        Resize a spec's images to HxW when loading them (``"16x16"``; CLI ``--image-size``), before
+        they are converted to the run's input shape. Converting images of another size or channel
+        count than the run's, beyond what ``image_size`` asks, is logged as a warning.
     threads : int, optional
         Limit torch and the BLAS/OpenMP pools of numpy and scikit-learn to this many threads
         while probing (restored afterwards). On a CPU shared with other jobs, 1 is often several
@@ -294,7 +402,8 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     """
     st = ProbeSettings.resolve(pool=pool, classifiers=classifiers, scan_classifier=scan_classifier, baselines=baselines,
                                labels_per_class=labels_per_class, seeds=seeds, train_limit=train_limit,
-                               classifier_limits=classifier_limits, threads=threads, quick=quick)
+                               classifier_limits=classifier_limits, threads=threads, quick=quick, hog=hog, scattering=scattering)
+    image_size = parse_image_size(image_size)  # a bad size fails here, before any work
     with thread_limit(st.threads):
         t_start = time.perf_counter()
         run = as_run(run)
@@ -304,7 +413,7 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         groups = resolve_groups(model, [middle_layer(model), "bottleneck"] if layers is None and quick else layers)
 
         # Images and folds: rows are the training images, then the test images (if any).
-        train_data, test_data = load_probe_data(run, data, test_data)
+        train_data, test_data = load_probe_data(run, data, test_data, image_size)
         for d in (train_data, test_data):
             if d is not None and d.labels is None:
                 raise DataError(f"{d.spec}: the probe needs labels, and this data has none")
@@ -318,8 +427,8 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
 
         skipped: list[str] = []
         extract = dict(batch_size=batch_size, precision=prec, progress=progress, skipped=skipped)
-        sets, family, fcae_info = build_feature_sets(run, model, groups, st, images, folds, fcae=fcae, dev=dev, precision=precision,
-                                                     extract=extract, skipped=skipped)
+        sets, family, fcae_info, baseline_params = build_feature_sets(run, model, groups, st, images, labels, folds, fcae=fcae,
+                                                                      dev=dev, precision=precision, extract=extract, skipped=skipped)
         t_features = time.perf_counter() - t_start
 
         common = dict(labels=labels, folds=folds, n_jobs=n_jobs, protocol=protocol, limits=st.classifier_limits)
@@ -337,10 +446,10 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
             "run": str(run.path), "weights_sha256": run.weights_sha256, "model_kind": run.config.model.kind,
             "in_shape": list(run.in_shape), "data": getattr(train_data, "spec", "array"), "protocol": protocol,
             "n_train": n_train, "n_test": len(labels) - n_train if test_data is not None else None, "n_images": len(labels),
-            "n_available": n_available, "train_limit": st.train_limit, "classifier_limits": st.classifier_limits,
+            "n_available": n_available, "image_size": list(image_size) if image_size else None, "train_limit": st.train_limit, "classifier_limits": st.classifier_limits,
             "classifiers": st.classifiers, "scan_classifier": st.scan_classifier,
             "pools": [p.spec for p in st.pools], "layers": ["+".join(g) for g in groups], "labels_per_class": counts,
-            "seeds": st.seeds, "baselines": st.baselines, "fcae": fcae_info, "best": [fs.name for fs in best],
+            "seeds": st.seeds, "baselines": st.baselines, "baseline_params": baseline_params, "fcae": fcae_info, "best": [fs.name for fs in best],
             "precision": prec, "threads": st.threads, "quick": st.quick, "skipped": skipped, "feature_seconds": round(t_features, 2),
             "seconds": round(time.perf_counter() - t_start, 2),
             "classifier_settings": {name: repr(factory(0, n_jobs)) for name, factory in CLASSIFIERS.items()
@@ -352,4 +461,4 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         return result
 
 
-__all__ = ["BASELINES", "ProbeResult", "ProbeSettings", "probe"]
+__all__ = ["BASELINES", "QUICK_BASELINES", "ProbeResult", "ProbeSettings", "probe"]

@@ -10,7 +10,9 @@ import io
 
 TITLES = {"conv": "ConvAE", "dense": "FCAE"}
 CLASSIFIER_TITLES = {"logreg": "LogReg", "linear_svc": "LinearSVC", "rbf_svc": "RBF SVC", "random_forest": "RandomForest", "mlp": "MLP"}
-FAMILY_TITLES = {"convae": "ConvAE", "fcae": "FCAE", "untrained": "untrained", "pca": "PCA", "raw": "raw pixels"}
+FAMILY_TITLES = {"convae": "ConvAE", "fcae": "FCAE", "untrained": "untrained", "pca": "PCA", "pca_whitened": "PCA, whitened",
+                 "raw": "raw pixels", "hog": "HOG", "scattering": "scattering"}
+NO_TRAINING = ("raw", "pca", "hog", "scattering")  # the baselines that learn nothing from labels or images (PCA: unsupervised)
 
 
 def percent(x: float | None) -> str:
@@ -59,20 +61,24 @@ def format_table(results) -> str:
     run_family = "fcae" if meta.get("model_kind") == "dense" else "convae"
     scan = meta.get("scan_classifier") or (meta["classifiers"][0] if meta.get("classifiers") else "logreg")
     n_test = f", {meta['n_test']:,} test" if meta.get("n_test") else ""
-    limit = f" (a stratified sample: train_limit={meta['train_limit']:,})" if meta.get("train_limit") else ""
+    n_available = meta.get("n_available")  # the training images before train_limit (older probe.json files lack it)
+    if n_available is not None:
+        limit = f" (a stratified sample of {meta['n_train']:,} of the {n_available:,})" if meta["n_train"] < n_available else ""
+    else:
+        limit = f" (a stratified sample: train_limit={meta['train_limit']:,})" if meta.get("train_limit") and meta["n_train"] >= meta["train_limit"] else ""
     lines = [f"Probe of {meta['run']} on {meta['data']}: {meta['protocol']}, {meta['n_train']:,} training images{limit}{n_test}; "
              f"accuracy in %, StandardScaler + classifier fitted on the training rows only.", ""]
 
-    # 1. per layer: families side by side, PCA of the same dimension beside each row.
+    # 1. per layer: families side by side, PCA of the same dimension (whitened) beside each row, a comparison only.
     full = [r for r in records if r["labels_per_class"] is None]
     scan_records = [r for r in full if r["classifier"] == scan and r["stage"] == "layers"]
-    pca_by_dim = {r["dim"]: r for r in scan_records if r["family"] == "pca"}
+    pca_by_dim = {r["dim"]: r for r in scan_records if r["family"] == "pca_whitened"}
     families = [f for f in (run_family, "untrained", "fcae") if any(r["family"] == f for r in scan_records)]
     rows: dict[tuple[str, str], dict] = {}
     for r in scan_records:
         if r["family"] in families:
             rows.setdefault((r["layers"], r["pool"]), {"dim": r["dim"]})[r["family"]] = r
-    header = ["layers", "pool", "dim"] + [FAMILY_TITLES[f] for f in families] + (["PCA, same dim"] if pca_by_dim else [])
+    header = ["layers", "pool", "dim"] + [FAMILY_TITLES[f] for f in families] + (["PCA same dim, whitened"] if pca_by_dim else [])
     body = [[layers, pool, str(row["dim"])] + [_accuracy(row.get(f)) for f in families]
             + ([_accuracy(pca_by_dim.get(min(row["dim"], max(pca_by_dim))))] if pca_by_dim else []) for (layers, pool), row in rows.items()]
     raw = [r for r in scan_records if r["family"] == "raw"]
@@ -81,6 +87,21 @@ def format_table(results) -> str:
         header.append("raw")
         body = [b + [""] * (len(header) - len(b)) for b in body]
     lines += [f"Per layer: {CLASSIFIER_TITLES[scan]}, all training labels", ""] + markdown_table(header, body) + [""]
+
+    # 1b. the baselines that need no training, on the same split and classifier.
+    fixed = [r for f in NO_TRAINING for r in scan_records if r["family"] == f]
+    if fixed:
+        params = meta.get("baseline_params") or {}
+
+        def setting(family: str) -> str:
+            if family == "pca":
+                choice = params.get("pca") or {}
+                return f"not whitened, dimension chosen on held-out training images ({choice.get('dim', '?')})" if choice else ""
+            return ", ".join(f"{k}={v}" for k, v in (params.get(family) or {}).items())
+
+        body = [[FAMILY_TITLES[r["family"]], str(r["dim"]), setting(r["family"]), _accuracy(r)] for r in fixed]
+        lines += [f"Without training (hand-designed or unsupervised): {CLASSIFIER_TITLES[scan]}, all training labels", ""]
+        lines += markdown_table(["features", "dim", "settings", "accuracy"], body) + [""]
 
     # 2. every classifier on the best sets.
     best = meta.get("best", [])
@@ -164,6 +185,10 @@ def format_compare(result: dict) -> str:
         seed = ", ".join(f"{layer} {100 * d:+.1f}" for layer, d in s["seed_noise"].items())
         lines += ["", f"Seed noise (FCAE trained with another seed on the original images, accuracy change in points): {seed}. "
                       "2 SE: twice the binomial standard error of the difference of two test accuracies.", ""]
+        if min(h, w) < 16:  # tiny images: little spatial structure for a shuffle to destroy
+            lines += [f"Note: the permutation effect needs larger images. At {h}x{w} there is little spatial structure for a shuffle "
+                      "to destroy, so a ConvAE's change can stay within the noise; see it on 28x28 Fashion-MNIST: "
+                      "`convae compare --data fashion-mnist --out runs/compare`.", ""]
     if "translation" in result:
         t = result["translation"]
         shifts = t["shifts"]

@@ -5,8 +5,17 @@ Specs (the same in the CLI and the Python API):
 ``fashion-mnist``, ``mnist``
     IDX files with train/test splits and labels; see :mod:`convae.data.idx` for where they are
     looked for and how they are downloaded (``CONVAE_NO_DOWNLOAD=1`` turns that off).
+``cifar10``
+    CIFAR-10's binary batch files (never the pickled version): 32×32 RGB, train (50,000),
+    test (10,000) and labels; see :mod:`convae.data.cifar` for where they are looked for
+    (loose, in ``cifar-10-batches-bin/``, or the ``cifar-10-binary.tar.gz`` archive) and how
+    the archive is downloaded.
 ``digits``
     scikit-learn's bundled 8×8 digits, 0..16 scaled to uint8 0..255; no test split.
+``sample-photos``
+    20,000 random RGB patches (32×32; ``image_size`` sets the patch size, it crops, never
+    resizes) of scikit-learn's two bundled photographs, deterministic from a fixed seed;
+    uint8, no labels, no test split; see :mod:`convae.data.photos`.
 ``folder:PATH``
     Image files (PNG, JPEG, BMP, TIFF, WebP, GIF) anywhere under PATH, in sorted order of
     their relative paths. Labels come from the first-level sub-folder names when images
@@ -59,7 +68,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import cifar as _cifar
 from . import idx as _idx
+from . import photos as _photos
 from .arrays import ImageDataset, as_labels, as_images, convert_images, parse_image_size, check_channels
 from .folders import (DEFAULT_MAX_PIXELS, decode_files, folder_files, in_file_order, plan_files, report_skipped)
 from ..errors import DataError, DatasetNotFoundError
@@ -69,7 +80,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MEMORY_BYTES = 4 * 1024**3  # folders whose uint8 pixels exceed this are streamed
 SPLITS = ("train", "test", "all")
-_SPEC_HELP = "expected fashion-mnist, mnist, digits, folder:PATH, npz:PATH or npy:PATH"
+_SPEC_HELP = "expected fashion-mnist, mnist, cifar10, digits, sample-photos, folder:PATH, npz:PATH or npy:PATH"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,12 +88,12 @@ _SPEC_HELP = "expected fashion-mnist, mnist, digits, folder:PATH, npz:PATH or np
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
-    """("fashion-mnist" | "mnist" | "digits", None) or ("folder" | "npz" | "npy", path)."""
+    """("fashion-mnist" | "mnist" | "cifar10" | "digits" | "sample-photos", None) or ("folder" | "npz" | "npy", path)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"dataset spec {spec!r} is empty; {_SPEC_HELP}")
     kind, sep, rest = spec.strip().partition(":")
     name = kind.lower().replace("_", "-")
-    if not sep and name in ("fashion-mnist", "mnist", "digits"):
+    if not sep and name in ("fashion-mnist", "mnist", _cifar.NAME, "digits", _photos.NAME):
         return name, None
     if sep and name in ("folder", "npz", "npy"):
         if not rest.strip():
@@ -92,9 +103,9 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 
 
 def has_test_split(spec: str) -> bool:
-    """Whether `spec` has a separate test split (IDX datasets; .npz with x_train and x_test)."""
+    """Whether `spec` has a separate test split (IDX datasets, cifar10; .npz with x_train and x_test)."""
     kind, path = parse_spec(spec)
-    if kind in ("fashion-mnist", "mnist"):
+    if kind in ("fashion-mnist", "mnist", _cifar.NAME):
         return True
     if kind in ("npz", "npy") and path is not None and path.is_file():
         try:
@@ -289,11 +300,18 @@ def load_dataset(spec: str, split: str = "train", *, image_size=None, channels: 
         if kind in _idx.SOURCES:
             images, labels = _load_idx(kind, split)
             class_names = list(_idx.SOURCES[kind].class_names)
+        elif kind == _cifar.NAME:
+            pixels, labels, class_names = _cifar.load(split)
+            images = torch.from_numpy(pixels)
         elif kind == "digits":
             if split == "test":
                 raise DataError("digits has no test split; use split='train' or 'all' (the same 1797 images)")
             images, labels = _load_digits()
             class_names = [str(digit) for digit in range(10)]
+        elif kind == _photos.NAME:
+            if split == "test":
+                raise DataError(f"{_photos.NAME} has no test split; use split='train' or 'all' (the same patches)")
+            images, labels = torch.from_numpy(_photos.load(size)), None  # the size crops the patches: nothing to resize
         else:
             images, labels = _load_arrays(path, split, spec)
         if in_memory is False:
