@@ -19,14 +19,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..atomic import atomic_npy_stream, atomic_save_npy, atomic_write_json
 from ..data import ImageDataset, convert_images, load_dataset
 from ..distributed import all_ok, barrier, broadcast_object, process_group, shard_range
 from ..errors import ConfigError, DataError
+from ..progress import Progress
 from ..runs import as_run
-from ..runtime import autocast, resolve_device, resolve_precision, to_input
+from ..runtime import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision, to_input
 from .pooling import feature_layout, n_features, parse_pool, pool_outputs
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def iter_layer_outputs(model, data, layers, *, batch_size: int = 128, precision:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     model.eval()
-    bar = tqdm(total=len(data), disable=not progress, unit="img", desc=desc, dynamic_ncols=True, leave=False)
+    bar = Progress(len(data), enabled=progress, unit="img", desc=desc)  # a bar on a terminal, else log lines (convae.progress)
     try:
         for batch in iter_batches(data, batch_size):
             batch = _fit_shape(batch, model.in_shape, convert)
@@ -136,8 +136,30 @@ def prepare_data(data, in_shape, *, split: str = "all"):
 
 
 def run_precision(run, precision: str | None, device: torch.device) -> str:
-    """The precision to extract with: ``precision`` if given, else the one the run trained with."""
-    return resolve_precision(precision or run.config.train.precision, device)
+    """The precision to extract with: ``precision`` if given, else the one the run trained with where it is fast here.
+
+    A run trained in bf16 on a CPU with AMX and extracted on one without native bf16 extracts in fp32
+    (bf16 is emulated there, many times slower); ask ``precision="bf16"`` to keep it.
+    """
+    if precision is not None:
+        return resolve_precision(precision, device)
+    trained = run.config.train.precision
+    if trained == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        logger.info("the run trained in bf16; this CPU has no native bf16, so features are extracted in fp32")
+        return "fp32"
+    return resolve_precision(trained, device)
+
+
+def _plan(run_or_path, data, out_path, layers, pool, precision, split, dev: torch.device):
+    """What an extraction to a file needs, checked before any work: (run, model on ``dev``, precision, layers,
+    pooling, layout, dataset, features path, labels path, sidecar path)."""
+    run = as_run(run_or_path)
+    model = run.model.to(dev)
+    names = model.resolve_layers(layers)
+    pooling = parse_pool(pool)
+    layout = feature_layout(model, names, pooling)
+    data = prepare_data(run.config.data.spec if data is None else data, run.in_shape, split=split)
+    return (run, model, run_precision(run, precision, dev), names, pooling, layout, data, *output_paths(out_path))
 
 
 def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottleneck", pool="avg", batch_size: int = 128,
@@ -152,17 +174,9 @@ def extract_to_npy(run_or_path, data, out_path: str | Path, *, layers="bottlenec
     ImageDataset or an N×C×H×W tensor; ``None`` means the run's own dataset. ``precision``:
     None uses the run's training precision (resolved for this machine).
     """
-    run = as_run(run_or_path)
-    model = run.model
-    dev = resolve_device(device)
-    model.to(dev)
-    prec = run_precision(run, precision, dev)
-    names = model.resolve_layers(layers)
-    pooling = parse_pool(pool)
-    layout = feature_layout(model, names, pooling)
-    data = prepare_data(run.config.data.spec if data is None else data, run.in_shape, split=split)
+    run, model, prec, names, pooling, layout, data, out, labels_path, sidecar_path = _plan(
+        run_or_path, data, out_path, layers, pool, precision, split, resolve_device(device))
     n, width = len(data), sum(k for _, k in layout)
-    out, labels_path, sidecar_path = output_paths(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -218,15 +232,9 @@ def extract_to_npy_sharded(run_or_path, data, out_path: str | Path, *, layers="b
                                            precision=precision, split=split, device=device, progress=progress)
         if dev.type == "cuda":
             dev = torch.device("cuda", torch.cuda.current_device())
-        run = as_run(run_or_path)
-        model = run.model.to(dev)
-        prec = run_precision(run, precision, dev)
-        names = model.resolve_layers(layers)
-        pooling = parse_pool(pool)
-        layout = feature_layout(model, names, pooling)
-        data = prepare_data(run.config.data.spec if data is None else data, run.in_shape, split=split)
+        run, model, prec, names, pooling, layout, data, out, labels_path, sidecar_path = _plan(
+            run_or_path, data, out_path, layers, pool, precision, split, dev)
         n, width = len(data), sum(k for _, k in layout)
-        out, labels_path, sidecar_path = output_paths(out_path)
         if ctx.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
         barrier()

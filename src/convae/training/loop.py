@@ -24,27 +24,21 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .. import distributed, runs
 from ..config import RunConfig, TrainConfig
 from ..data import ImageDataset
 from ..errors import ConfigError, NonFiniteLossError, TrainingInterrupted
+from ..progress import Progress
 from ..runtime import autocast, resolve_device, resolve_precision, thread_limit, to_input, warn_if_cpu_busy
 from .corruption import augment, corrupt
+from .cost import train_flops_per_image
+from .objective import reconstruction_loss
 from .evaluate import evaluate, evaluate_sharded
 from .plan import epoch_generator, epoch_order, steps_per_epoch, total_steps
 from .shards import rank_batches
 
 logger = logging.getLogger(__name__)
-
-
-def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    logits = logits.float()
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(logits, target)
-    return F.mse_loss(torch.sigmoid(logits), target)
 
 
 @dataclass
@@ -110,11 +104,13 @@ class TrainingState:
 
     def __init__(self, model: torch.nn.Module, data: ImageDataset, cfg: TrainConfig, train_idx: np.ndarray, *,
                  device: torch.device, precision: str, channels_last: bool, ctx: distributed.DistContext | None,
-                 run_dir: Path | None):
+                 run_dir: Path | None, count_flops: bool = True):
         self.model, self.data, self.cfg, self.train_idx = model, data, cfg, train_idx
         self.device, self.precision, self.channels_last, self.ctx, self.run_dir = device, precision, channels_last, ctx, run_dir
         self.is_main = ctx is None or ctx.is_main
         self.optimizer = make_optimizer(model, cfg)
+        # forward + backward FLOPs per image, for the records' train_tflop (0 where not counted: timing probes)
+        self.flops_per_image = train_flops_per_image(model, data.shape, cfg) if count_flops else 0
         self.steps_per_epoch = steps_per_epoch(len(train_idx), cfg.batch_size)
         self.total_steps = total_steps(cfg, len(train_idx))
         self.history: list[dict] = []
@@ -132,9 +128,9 @@ class TrainingState:
         self.corrupting = cfg.noise > 0 or cfg.mask_ratio > 0
         if ctx is None:
             self.step_fn = torch.compile(model.reconstruct_logits) if cfg.compile else model.reconstruct_logits
-        else:
-            ddp_model = distributed.wrap(model, device)
-            self.step_fn = torch.compile(ddp_model) if cfg.compile else ddp_model
+        else:  # BatchNorm layers synchronised over the ranks, sharing the model's parameters and buffers
+            self.ddp_model = distributed.wrap(model, device)
+            self.step_fn = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
 
     # --- saving and restoring -------------------------------------------------------------------------
     def restore(self, state: dict) -> None:
@@ -228,6 +224,8 @@ class TrainingState:
             group["lr"] = lr_at(cfg, self.global_step, self.total_steps)
         if self.buffers:  # BatchNorm's forward updates its running stats: keep them as the last whole step left them
             self.buffers_before = [b.clone() for b in self.buffers]
+        if share is not None:  # a stand-in image (count 0) stays out of the global BatchNorm statistics
+            distributed.set_rank_count(self.ddp_model, share.count)
         with autocast(self.precision, device):
             logits = self.step_fn(x)
         loss = reconstruction_loss(logits, target, cfg.loss)
@@ -270,8 +268,10 @@ class TrainingState:
         record = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": self.loss_sum / max(self.seen, 1)}
         if cfg.loss == "mse":
             record["train_mse"] = self.mse_sum / max(self.seen, 1)
+        before = self.history[-1].get("train_tflop", 0.0) if self.history else 0.0
         record.update(seconds=round(seconds, 4), images_per_s=round(self.seen / max(seconds, 1e-9), 1),
-                      lr=self.optimizer.param_groups[0]["lr"])
+                      lr=self.optimizer.param_groups[0]["lr"],
+                      train_tflop=round(before + self.seen * self.flops_per_image / 1e12, 6))  # compute so far, machine-free
         if val_indices is not None and len(val_indices):
             kwargs = dict(precision=self.precision, device=self.device, channels_last=self.channels_last)
             if self.ctx is None:
@@ -330,8 +330,9 @@ def _train_model(model, data, cfg: TrainConfig, *, train_indices, val_indices, r
 
     t_start = time.perf_counter()
     model.train()
-    bar = tqdm(total=state.total_steps, initial=min(state.global_step, state.total_steps),
-               disable=None if progress and state.is_main else True, unit="step", dynamic_ncols=True, leave=False)
+    # A bar on a terminal, else a log line every CONVAE_PROGRESS_INTERVAL seconds and at each epoch's end (convae.progress).
+    bar = Progress(state.total_steps, initial=min(state.global_step, state.total_steps), enabled=progress and state.is_main,
+                   desc="train", unit="step")
     try:
         for epoch in range(state.start_epoch, cfg.epochs):
             if state.global_step >= state.total_steps:
@@ -342,11 +343,13 @@ def _train_model(model, data, cfg: TrainConfig, *, train_indices, val_indices, r
                 loss_value = state.step(batch)
                 if on_step is not None:
                     on_step(state.global_step, loss_value)
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.4f}",
+                                img_s=f"{state.seen / max(time.perf_counter() - state.t0, 1e-9):.0f}")
                 bar.update(1)
-                if bar.n % 10 == 0 or state.step_in_epoch == state.steps_per_epoch:
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.4f}",
-                                    img_s=f"{state.seen / max(time.perf_counter() - state.t0, 1e-9):.0f}")
             record = state.finish_epoch(val_indices)
+            if "val_mse" in record:
+                bar.set_postfix(**bar.postfix, val_mse=f"{record['val_mse']:.5f}")
+            bar.flush()  # not a terminal: a line at every epoch's end, whatever the interval
             if on_epoch_end is not None:
                 on_epoch_end(record)
             state.step_in_epoch, state.noise_gen, state.noise_state = 0, None, None

@@ -41,9 +41,13 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
-    """The run's optimizer steps: ``cfg.epochs`` epochs, cut to ``cfg.max_steps`` when that is set."""
-    planned = steps_per_epoch(n_train, cfg.batch_size) * cfg.epochs
-    return planned if cfg.max_steps is None else min(cfg.max_steps, planned)
+    """The run's optimizer steps: ``cfg.epochs`` epochs, cut to ``cfg.max_steps`` and to the steps a time budget
+    planned (``cfg.planned_steps``, see :mod:`convae.training.budget`) when they are set."""
+    steps = steps_per_epoch(n_train, cfg.batch_size) * cfg.epochs
+    for cap in (cfg.max_steps, cfg.planned_steps):
+        if cap is not None:
+            steps = min(steps, cap)
+    return steps
 
 
 def n_train_images(n_images: int, cfg: TrainConfig) -> int:

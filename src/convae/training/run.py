@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError, RunError
 from ..models import build_from_config
 from ..runtime import resolve_device
+from .budget import plan_to_budget
 from .loop import TrainResult, train_model
 from .plan import split_indices
 
@@ -26,7 +28,11 @@ RESUMABLE_CHANGES = {("train", "epochs")}
 
 
 def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """Keys where ``b`` (the settings given to resume) differs from ``a`` (the saved run); a ``b`` without planned
+    steps takes the saved ones (the budget was planned when the run started)."""
     da, db = a.to_dict(), b.to_dict()
+    if db["train"]["planned_steps"] is None:
+        db["train"]["planned_steps"] = da["train"]["planned_steps"]
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k] and (s, k) not in RESUMABLE_CHANGES]
 
 
@@ -85,6 +91,11 @@ def _train_run(config: RunConfig, run_path: Path | None, resume_state: dict | No
     torch.manual_seed(config.train.seed)  # initial weights come from the seed too
     model = build_from_config(config, in_shape)  # ArchitectureError before any work
     train_idx, val_idx = split_indices(len(data), config.train.val_fraction, config.train.seed)
+    if config.train.time_budget is not None and config.train.planned_steps is None:
+        if resume:  # a run that started with a budget has its planned steps in config.json
+            raise RunError(f"{run_path / runs.CONFIG} has a time budget but no planned steps; it cannot be resumed exactly")
+        config = copy.deepcopy(config)  # the caller's config stays as it was given
+        config.train.planned_steps = distributed.broadcast_object(plan_to_budget(model, data, config.train, train_idx, val_idx), ctx)
 
     if run_path is not None:
         if ctx is None or ctx.is_main:
