@@ -21,9 +21,9 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
 fi
 # torch is installed first and already satisfies convae's floor (torch>=2.6), so this adds nothing torch-related.
 if [[ $TEST == 1 ]]; then
-    "$VPY" -m pip install -q --disable-pip-version-check -e ".[test,export]"
+    "$VPY" -m pip install -q --disable-pip-version-check -e ".[test,export,baselines]"
 else
-    "$VPY" -m pip install -q --disable-pip-version-check -e ".[export]"
+    "$VPY" -m pip install -q --disable-pip-version-check -e ".[export,baselines]"
 fi
 
 apt_install() {  # apt_install PACKAGE... (only where apt exists and we may use it)

@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic and bundled data only; nothing downloads."""
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 os.environ.setdefault("CONVAE_NO_DOWNLOAD", "1")
+os.environ.setdefault("CONVAE_CACHE", tempfile.mkdtemp(prefix="convae-test-cache-"))  # hand-designed features
 torch.set_num_threads(2)
 
 

@@ -18,6 +18,25 @@ from reference.record import compute, cpu_fingerprint
 REFERENCE = Path(__file__).parent / "reference"
 
 
+def comparable_probe_records(recorded: dict) -> dict:
+    """The recorded probe records that the current probe computes the same way.
+
+    Issue 14 changed PCA on purpose: the same-dimension PCA of before is now named ``pca_whitened``
+    (its per-layer rows must match bitwise), and the honest PCA (not whitened, dimension chosen on
+    held-out images) took its place among the best sets, so the old label-efficiency rows on PCA
+    have no counterpart.
+    """
+    out = {}
+    for key, accuracy in recorded.items():
+        feature_set, classifier, labels_per_class = key.split("|")
+        if feature_set.startswith("pca"):
+            if labels_per_class != "None":
+                continue
+            key = f"pca_whitened{feature_set[3:]}|{classifier}|{labels_per_class}"
+        out[key] = accuracy
+    return out
+
+
 @pytest.fixture(scope="module")
 def recomputed(tmp_path_factory, one_thread):
     return compute(tmp_path_factory.mktemp("reference"))
@@ -38,10 +57,12 @@ def test_reference_outputs_are_unchanged_by_the_redesign(recomputed):
         if not equal:
             differ.append(f"{key}: max |diff| {(got.float() - want.float()).abs().max().item():.3g}")
     assert not differ, "outputs changed:\n" + "\n".join(differ)
+    want = comparable_probe_records(expected_meta["probe"])
+    got = {key: meta["probe"][key] for key in want if key in meta["probe"]}
+    assert got.keys() == want.keys(), sorted(set(want) - set(got))
     if same_cpu:
-        assert meta["probe"] == expected_meta["probe"]
+        assert got == want
     else:
-        assert meta["probe"].keys() == expected_meta["probe"].keys()
-        for key, accuracy in expected_meta["probe"].items():
-            assert abs(meta["probe"][key] - accuracy) <= 0.02, key
+        for key, accuracy in want.items():
+            assert abs(got[key] - accuracy) <= 0.02, key
         warnings.warn(f"recorded on {expected_meta['fingerprint']}, running on {cpu_fingerprint()}: compared within tolerance")

@@ -27,7 +27,7 @@ logger = logging.getLogger("convae")
 # --- shared argument groups ---------------------------------------------------------------------------
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False, default: str | None = None) -> None:
     p.add_argument("--data", required=required, default=default,
-                   help="dataset spec: fashion-mnist, mnist, digits, folder:PATH, npz:PATH, npy:PATH")
+                   help="dataset spec: fashion-mnist, mnist, cifar10, digits, sample-photos, folder:PATH, npz:PATH, npy:PATH")
     p.add_argument("--image-size", help="resize to HxW (e.g. 64x64); needed for folders of mixed sizes")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert images to 1 or 3 channels")
     p.add_argument("--on-bad-image", choices=CHOICES["data", "on_bad_image"], help="stop at a bad image file (default) or skip and report it")
@@ -40,7 +40,7 @@ def _config_from_args(args, base=None) -> "RunConfig":  # noqa: F821
     sets = []
     mapping = {"data": "data.spec", "model": "model.kind", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
                "seed": "train.seed", "precision": "train.precision", "device": "train.device", "threads": "train.threads",
-               "image_size": "data.image_size", "channels": "data.channels", "on_bad_image": "data.on_bad_image", "limit": "data.limit"}
+               "time_budget": "train.time_budget", "image_size": "data.image_size", "channels": "data.channels", "on_bad_image": "data.on_bad_image", "limit": "data.limit"}
     for attr, key in mapping.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -152,6 +152,23 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str, what: str, *, allow_all: bool = False) -> list[int | None]:
+    """Integers from ``10,100,all`` (``all`` -> None where allowed); anything else is a one-line ConfigError."""
+    from .errors import ConfigError
+
+    values: list[int | None] = []
+    for item in _split_list(text) or []:
+        if allow_all and item.lower() == "all":
+            values.append(None)
+            continue
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r}: {item!r} is not a whole number; give comma-separated {what}"
+                              + (", or 'all' (e.g. 10,100,all)" if allow_all else " (e.g. 1,2,3)")) from None
+    return values
+
+
 def cmd_probe(args) -> int:
     from .analysis.probe import probe
     from .analysis.tables import format_table
@@ -159,33 +176,83 @@ def cmd_probe(args) -> int:
 
     kwargs = {}
     if args.labels_per_class:
-        kwargs["labels_per_class"] = [None if v == "all" else int(v) for v in _split_list(args.labels_per_class)]
+        kwargs["labels_per_class"] = _int_list(args.labels_per_class, "--labels-per-class", "label counts per class", allow_all=True)
     if args.seeds:
-        kwargs["seeds"] = [int(v) for v in _split_list(args.seeds)]
+        kwargs["seeds"] = _int_list(args.seeds, "--seeds", "seeds")
+    if args.baselines is not None:
+        kwargs["baselines"] = [] if args.baselines.strip().lower() == "none" else _split_list(args.baselines)
+    for name in ("hog", "scattering"):
+        if getattr(args, name):
+            kwargs[name] = _key_values(getattr(args, name), f"--{name}")
     result = probe(args.run, args.data, layers=parse_layer_spec(args.layers), pool=_pool_list(args.pool) or "avg2",
                    classifiers=_split_list(args.classifiers), fcae=args.fcae, quick=args.quick, train_limit=args.train_limit,
-                   precision=args.precision, device=args.device, out_dir=args.out, progress=not args.quiet, **kwargs)
+                   image_size=args.image_size, precision=args.precision, device=args.device, out_dir=args.out,
+                   progress=not args.quiet, **kwargs)
     print(format_table(result))
     out = args.out or args.run
     print(f"\nresults: {out}/probe.json, probe.csv, probe.md")
     return 0
 
 
+def _key_values(text: str, flag: str) -> dict[str, int]:
+    """``cell=4,block=2`` -> {"cell": 4, "block": 2}; anything else is a one-line error naming the flag."""
+    from .errors import ConfigError
+
+    out = {}
+    for item in _split_list(text) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip().lstrip("-").isdigit():
+            raise ConfigError(f"{flag} {text!r}: expected key=integer pairs separated by ',', e.g. {flag} "
+                              + ("cell=4,block=2,orientations=9" if flag == "--hog" else "J=2,L=8"))
+        out[key.strip()] = int(value)
+    return out
+
+
 def cmd_viz(args) -> int:
+    from .errors import ConfigError
     from .features.layers import parse_layer_spec
     from .viz import render
 
-    for path in render(args.run, args.kind, layers=parse_layer_spec(args.layers), out_dir=args.out, data=args.data, others=args.with_run or (), n=args.n, seed=args.seed):
+    def ints(text, flag, count=None):
+        try:
+            values = [int(v) for v in _split_list(text) or []]
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+        if not values or (count is not None and len(values) != count):
+            raise ConfigError(f"{flag} {text!r}: expected {count or 'one or more'} comma-separated integers")
+        return values
+
+    traverse = {"direction": args.direction, "where": args.where, "span": args.span, "steps": args.steps}
+    if args.units is not None:
+        traverse["units"] = ints(args.units, "--units")
+    if args.position is not None:
+        traverse["position"] = ints(args.position, "--position", 2)
+    for path in render(args.run, args.kind, layers=parse_layer_spec(args.layers), out_dir=args.out, data=args.data, others=args.with_run or (),
+                       n=args.n, seed=args.seed, traverse=traverse, method=args.method):
         print(path)
     return 0
 
 
 def cmd_compare(args) -> int:
+    from .errors import ConfigError
+
+    if args.runs:
+        if args.data:
+            raise ConfigError("compare --runs reads finished runs (their metrics.jsonl and probe.json) and trains nothing: leave out --data")
+        from .analysis.compare import RECON_VS_PROBE, format_recon_vs_probe, recon_vs_probe
+
+        path = Path(args.out) / RECON_VS_PROBE
+        print(format_recon_vs_probe(recon_vs_probe(args.runs, out=path)))
+        print(f"\nresults: {path}")
+        return 0
+    if not args.data:
+        raise ConfigError("compare needs --data SPEC (train a ConvAE and an FCAE and compare them) or --runs RUN ... "
+                          "(reconstruction against probe accuracy across finished runs)")
     from .analysis.compare import compare
     from .analysis.tables import format_compare
 
-    sizes = [None if v.strip() == "all" else int(v) for v in args.hunger_sizes.split(",")] if args.hunger_sizes else (1000, 10000, None)
-    shifts = [int(v) for v in args.shifts.split(",")] if args.shifts else (1, 2, 3, 4)
+    sizes = _int_list(args.hunger_sizes, "--hunger-sizes", "training-set sizes", allow_all=True) if args.hunger_sizes else (1000, 10000, None)
+    shifts = _int_list(args.shifts, "--shifts", "shifts in pixels") if args.shifts else (1, 2, 3, 4)
     sections = [v.strip() for v in args.sections.split(",")] if args.sections else None
     kwargs = {"sections": sections} if sections else {}
     result = compare(args.data, args.out, conv_run=args.conv_run, dense_run=args.dense_run, epochs=args.epochs, limit=args.limit,
@@ -224,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=CHOICES["train", "device"])
     p.add_argument("--threads", type=int, help="torch CPU threads (fixed thread count makes resume bitwise exact)")
     p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--time-budget", help="train within this wall time (e.g. 5m, 90s, 1h30m; train.time_budget): the step time is "
+                   "measured first and the schedule planned to end in time; with --epochs, whichever ends first")
     p.add_argument("--run-dir", required=True, help="where the run's files go")
     p.add_argument("--config", help="a TOML or JSON config file (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. --set model.channels=32,64")
@@ -277,16 +346,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="per-layer accuracy of classical classifiers on a run's features, beside baselines")
     p.add_argument("run")
     p.add_argument("--data", help="dataset spec with labels (default: the run's own; another dataset tests transfer)")
+    p.add_argument("--image-size", help="resize the dataset's images to HxW on load, before converting them to the run's input "
+                   "(a dataset of another size is converted anyway, with a warning)")
     p.add_argument("--layers", help="feature sets separated by ',', layers joined into one set by '+' (e.g. stage2,stage2+stage3; default: every layer)")
     p.add_argument("--pool", help="comma-separated pooling specs to try, e.g. avg2,max,spp:1,2,4 (default avg2)")
     p.add_argument("--classifiers", help="comma-separated: logreg,linear_svc,rbf_svc,random_forest,mlp (default all five)")
     p.add_argument("--fcae", help="an FCAE run whose layers join the table as a baseline")
+    p.add_argument("--baselines", help="comma-separated from untrained,fcae,raw,pca,hog,scattering, or none (default all; "
+                   "--quick: all but scattering)")
+    p.add_argument("--hog", metavar="KEY=N,...", help="HOG settings, e.g. cell=4,block=2,orientations=9 (default: sized for the images)")
+    p.add_argument("--scattering", metavar="KEY=N,...", help="scattering settings, e.g. J=2,L=8 (default: sized for the images)")
     p.add_argument("--labels-per-class", help="comma-separated label budgets, 'all' for all (default 10,100,1000)")
     p.add_argument("--seeds", help="comma-separated seeds for the label draws (default 0,1,2)")
     p.add_argument("--train-limit", type=int, help="use a stratified sample of this many training images")
     p.add_argument("--precision", choices=CHOICES["train", "precision"])
     p.add_argument("--device", default="auto", choices=CHOICES["train", "device"])
-    p.add_argument("--quick", action="store_true", help="a subset that finishes in about a minute on Fashion-MNIST")
+    p.add_argument("--quick", action="store_true", help="a middle layer and the bottleneck, logistic regression, 10,000 training "
+                   "images, 100 labels per class, no scattering (the demo's probe)")
     p.add_argument("--out", help="directory for probe.json/csv/md (default: the run directory)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_probe)
@@ -300,11 +376,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="images (recon, maps) or patches per channel (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory for the PNGs (default RUN/viz)")
+    g = p.add_argument_group("traverse", "decode one image while bottleneck directions are moved, one row each; a conv bottleneck is a "
+                             "C x h x w map, a dense one a vector of units")
+    g.add_argument("--direction", choices=("unit", "pca"), default="unit",
+                   help="unit: single units (conv: channels); pca: the directions of largest variance over the data (default unit)")
+    g.add_argument("--where", choices=("position", "map"), default="position",
+                   help="conv bottleneck: move a channel at one position (default: each channel's position of largest variance "
+                        "over the data, or --position) or at every position of its map together (with pca: principal directions "
+                        "of the channel means); default position")
+    g.add_argument("--position", metavar="Y,X", help="with --where position: the map position to move every channel at (from 0)")
+    g.add_argument("--units", metavar="LIST", help="comma-separated units (conv: channels) to vary, from 0; with --direction pca, "
+                                                   "which principal directions, from 1 (default: the 6 of largest variance)")
+    g.add_argument("--span", type=float, default=3.0, help="offsets from -SPAN to +SPAN data standard deviations along each direction, "
+                                                           "measured on up to 1,000 images (default 3)")
+    g.add_argument("--steps", type=int, default=7, help="images per row, the image's own reconstruction in the middle when odd (default 7)")
+    g = p.add_argument_group("embedding")
+    g.add_argument("--method", choices=("pca", "tsne", "umap"), default="pca",
+                   help="projection of the pooled features to 2-D (default pca); umap needs the optional umap-learn package: "
+                        "pip install 'convae[umap]'")
     p.set_defaults(func=cmd_viz)
 
     p = sub.add_parser("compare", help="train a ConvAE and an FCAE on the same data and measure parameters, permutation, translation, data hunger, hierarchy")
-    p.add_argument("--data", required=True, help="dataset spec with labels")
-    p.add_argument("--out", default="runs/compare", help="directory for compare.json, plots and the trained runs (default runs/compare)")
+    p.add_argument("--data", help="dataset spec with labels (required unless --runs)")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="instead: run directories, each with metrics.jsonl and probe.json (convae probe): "
+                   "their validation MSE against their best probe accuracy, and the Pearson and Spearman correlations across them")
+    p.add_argument("--out", default="runs/compare", help="directory for compare.json, plots and the trained runs, or recon_vs_probe.json "
+                   "with --runs (default runs/compare)")
     p.add_argument("--conv-run", help="take this trained ConvAE run instead of training one")
     p.add_argument("--dense-run", help="take this trained FCAE run instead of training one")
     p.add_argument("--epochs", type=int, help="epochs of the full-data runs (default: the demo's)")
@@ -342,13 +439,29 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("convae").setLevel(min(level, logging.INFO) if args.verbose else logging.WARNING)
+    # Progress where stderr is no terminal: plain lines logged at INFO by convae.progress, shown without -v (not with -q,
+    # which turns progress off); a terminal gets tqdm bars instead.
+    logging.getLogger("convae.progress").setLevel(logging.INFO)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
         logging.getLogger("convae").setLevel(logging.ERROR)
+        logging.getLogger("convae.progress").setLevel(logging.ERROR)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm():
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # where the reader of a pipe left early, fail here, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        # `convae inspect RUN --json | head`: the reader is gone. Exit quietly with 141 (128 + SIGPIPE, what a tool
+        # killed by SIGPIPE reports), stdout pointed at /dev/null so that Python's own flush at exit has nowhere to fail.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to redirect
+            pass
+        return 141
     except TrainingInterrupted as e:
         if os.environ.get("RANK", "0") == "0":  # rank 0 wrote the checkpoint; the others only stopped
             print(f"convae: {e}", file=sys.stderr)

@@ -78,6 +78,7 @@ def compute(work: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 tensors[f"{kind}/features/{layer}/{pool}"] = torch.from_numpy(feats)
     result = convae.probe(runs["conv"], "digits", layers=["stage1", "stage2", "bottleneck"], pool="avg",
                           classifiers=["logreg"], labels_per_class=[10], seeds=[0], fcae=runs["dense"], threads=1,
+                          baselines=("untrained", "fcae", "raw", "pca"),
                           precision="fp32", write=False)
     meta["probe"] = {f"{r['feature_set']}|{r['classifier']}|{r['labels_per_class']}": r["accuracy"] for r in result.records}
     try:

@@ -1,0 +1,133 @@
+"""The yardstick (issue 14): hand-designed features under the recipes' protocol, beside the default recipe's rows.
+
+    python bench/yardstick.py            # compute HOG, scattering and raw pixels on Fashion-MNIST; update the results
+    python bench/yardstick.py --table    # regenerate its section of docs/RESULTS.md from bench/results/yardstick.json
+
+Protocol (the same as bench/recipes.py, so the rows compare): features of all 60,000 Fashion-MNIST training
+images and the 10,000 test images; StandardScaler + L2 multinomial logistic regression (the recipes' L-BFGS
+solver, scikit-learn's objective), at C=1 and with C chosen from a grid on 10,000 held-out training images
+(the test split plays no part in the choice). HOG and scattering come from convae.analysis.baselines with
+the parameters convae picks for 28x28 images (HOG: 4x4-pixel cells, 2x2 blocks, 9 orientations; scattering:
+J=2, L=8), cached there. The default recipe's rows are read from bench/results/recipes.json, as recorded by
+``python bench/recipes.py configs/deep2-mask.toml``. Every record keeps the CPU model, its flags, the
+threads, and the seconds each step took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results" / "yardstick.json"
+DOCS = ROOT / "docs" / "RESULTS.md"
+BEGIN, END = "<!-- yardstick:begin (python bench/yardstick.py --table) -->", "<!-- yardstick:end -->"
+GRID = [0.001, 0.01, 0.1, 1.0]
+
+
+def features(method: str, train, test) -> tuple[np.ndarray, np.ndarray, dict, float]:
+    from convae.analysis.baselines import hand_designed_features, resolve_params
+
+    if method == "raw":
+        t0 = time.perf_counter()
+        flat = [d.images.flatten(1).float().div_(255).numpy() for d in (train, test)]
+        return flat[0], flat[1], {}, time.perf_counter() - t0
+    params = resolve_params(method, train.shape, None)
+    t0 = time.perf_counter()
+    out = [hand_designed_features(method, d, params) for d in (train, test)]
+    return out[0], out[1], params, time.perf_counter() - t0
+
+
+def measure(methods: list[str]) -> list[dict]:
+    from _common import machine_info  # CPU model, ISA flags, threads, load
+    from recipes import logreg_accuracy, tuned_logreg_accuracy
+
+    from convae.data import load_dataset
+
+    train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    rows = []
+    for method in methods:
+        X, Xt, params, seconds = features(method, train, test)
+        t0 = time.perf_counter()
+        at_1 = logreg_accuracy(X, train.labels, Xt, test.labels, C=1.0)
+        tuned, best_C, val = tuned_logreg_accuracy(X, train.labels, Xt, test.labels, GRID)
+        rows.append({"features": method, "params": params, "dim": int(X.shape[1]), "accuracy_C1": at_1, "accuracy_tuned": tuned,
+                     "C": best_C, "val_accuracy": val, "feature_seconds": round(seconds, 1),
+                     "fit_seconds": round(time.perf_counter() - t0, 1),
+                     "machine": {**machine_info(), "threads": torch.get_num_threads()},
+                     "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        print(f"{method}: {X.shape[1]} values, C=1 {at_1:.4f}, C={best_C:g} (held-out) {tuned:.4f}", flush=True)
+    return rows
+
+
+def default_recipe_rows() -> dict:
+    """The default recipe's stage2+stage3 rows (trained and untrained) from bench/results/recipes.json."""
+    from recipes import DEFAULT_RECIPE
+
+    records = json.loads((ROOT / "bench" / "results" / "recipes.json").read_text())
+    record = next(r for r in records if r["recipe"] == DEFAULT_RECIPE and r["tag"] == "full")
+    pick = {}
+    for row in record["rows"]:
+        if row["features"] == "stage2+stage3:flatten" and row["post"] == "none":
+            pick[(row["family"], "tuned" if row.get("head") == "C=val" else "C1")] = row
+    return {"recipe": DEFAULT_RECIPE, "train_seconds": record["train_seconds"], "epochs": record["epochs"], "rows": pick,
+            "when": record.get("when")}
+
+
+def table() -> str:
+    rows = json.loads(RESULTS.read_text())
+    recipe = default_recipe_rows()
+    r = recipe["rows"]
+    titles = {"raw": "raw pixels", "hog": "HOG", "scattering": "scattering"}
+    lines = ["| features | training | dim | C=1 | C chosen on held-out images |", "|---|---|---:|---:|---:|",
+             f"| convae default ({recipe['recipe']}), stage2+stage3 flattened | {recipe['epochs']} epochs, 379 TFLOP | 8,320 | "
+             f"{100 * r[('trained', 'C1')]['accuracy']:.2f}% | {100 * r[('trained', 'tuned')]['accuracy']:.2f}% "
+             f"(C={r[('trained', 'tuned')]['C']:g}) |",
+             f"| the same encoder, untrained | none | 8,320 | {100 * r[('untrained', 'C1')]['accuracy']:.2f}% | "
+             f"{100 * r[('untrained', 'tuned')]['accuracy']:.2f}% (C={r[('untrained', 'tuned')]['C']:g}) |"]
+    for row in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        name = titles[row["features"]] + (f" ({settings})" if settings else "")
+        lines.append(f"| {name} | none | {row['dim']:,} | {100 * row['accuracy_C1']:.2f}% | "
+                     f"{100 * row['accuracy_tuned']:.2f}% (C={row['C']:g}) |")
+    m = rows[0]["machine"]
+    timings = ", ".join(f"{x['features']} {x['feature_seconds']:.0f} s" for x in rows)
+    lines += ["", f"Hand-designed rows measured {rows[0]['when']} on {m.get('cpu')} ({', '.join(m.get('isa', []))}), {m.get('threads')} "
+              f"threads, load {m.get('load_average_start', ['?'])[0]} at the start, "
+              f"fp32 (features: {timings}); the default recipe's "
+              f"rows were recorded by `python bench/recipes.py configs/{recipe['recipe']}.toml` on {recipe['when']} "
+              f"({recipe['train_seconds']:.0f} s of training on an AMX machine, bf16)."]
+    return "\n".join(lines)
+
+
+def write_table() -> None:
+    text = DOCS.read_text()
+    if BEGIN not in text:
+        raise SystemExit(f"{DOCS} has no {BEGIN} marker")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOCS.write_text(head + BEGIN + "\n" + table() + "\n" + END + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="only regenerate the docs table")
+    parser.add_argument("--methods", default="raw,hog,scattering")
+    args = parser.parse_args()
+    if not args.table:
+        rows = measure(args.methods.split(","))
+        RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    write_table()
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
