@@ -36,3 +36,15 @@ def one_thread():
     with threadpool_limits(1):  # BLAS/OpenMP of numpy and scikit-learn too
         yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def isolated_data(tmp_path, monkeypatch):
+    """No real dataset can be found or fetched: HOME, CONVAE_DATA and the system roots all point into tmp_path."""
+    from convae.data import idx
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "1")
+    monkeypatch.delenv("CONVAE_DATA", raising=False)
+    monkeypatch.setattr(idx, "SEARCH_ROOTS", (str(tmp_path / "system"),))
+    return tmp_path

@@ -17,7 +17,6 @@ import torch
 
 from convae.data import cifar as _cifar
 from convae.data import has_test_split, load_dataset
-from convae.data import idx as _idx
 from convae.errors import DataError, DatasetNotFoundError
 
 N = 7  # records per batch file
@@ -82,16 +81,6 @@ def write_archive(folder: Path, members: dict[str, bytes] | None = None) -> Path
     return path
 
 
-@pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No real dataset can be found or fetched: HOME, CONVAE_DATA and the system roots point into tmp_path."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "1")
-    monkeypatch.delenv("CONVAE_DATA", raising=False)
-    monkeypatch.setattr(_idx, "SEARCH_ROOTS", (str(tmp_path / "system"),))
-    return tmp_path
-
-
 def system(tmp_path: Path) -> Path:
     return tmp_path / "system" / "cifar10"
 
@@ -108,8 +97,8 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_splits_sizes_labels_and_pixel_order(isolated, layout):
-    LAYOUTS[layout](system(isolated))
+def test_splits_sizes_labels_and_pixel_order(isolated_data, layout):
+    LAYOUTS[layout](system(isolated_data))
     train, test, everything = (load_dataset("cifar10", split) for split in ("train", "test", "all"))
     assert train.images.shape == (5 * N, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.images.shape == (N, 3, 32, 32) and len(everything) == 6 * N
@@ -129,25 +118,25 @@ def test_splits_sizes_labels_and_pixel_order(isolated, layout):
     assert has_test_split("cifar10")
 
 
-def test_class_names_from_meta_and_the_standard_names_without_it(isolated):
+def test_class_names_from_meta_and_the_standard_names_without_it(isolated_data):
     names = [f"class{i}" for i in range(10)]
-    write_loose(system(isolated), meta=("\n".join(names) + "\n\n").encode())
+    write_loose(system(isolated_data), meta=("\n".join(names) + "\n\n").encode())
     assert load_dataset("cifar10", "test").class_names == names
-    (system(isolated) / "batches.meta.txt").unlink()
+    (system(isolated_data) / "batches.meta.txt").unlink()
     assert load_dataset("cifar10", "test").class_names[:3] == ["airplane", "automobile", "bird"]
-    (system(isolated) / "batches.meta.txt").write_bytes(b"only\ntwo\n")  # not ten names: the standard ones
+    (system(isolated_data) / "batches.meta.txt").write_bytes(b"only\ntwo\n")  # not ten names: the standard ones
     assert load_dataset("cifar10", "test").class_names[-1] == "truck"
 
 
-def test_archive_members_at_the_top_level_too(isolated):
+def test_archive_members_at_the_top_level_too(isolated_data):
     members = {name: data for name, data in batch_files().items()}
-    write_archive(system(isolated), members)
+    write_archive(system(isolated_data), members)
     dataset = load_dataset("cifar10", "all")
     assert len(dataset) == 6 * N and int(dataset.images[-1, 0, 0, 0]) == 5
 
 
-def test_channels_and_image_size_convert_like_other_specs(isolated):
-    write_loose(system(isolated))
+def test_channels_and_image_size_convert_like_other_specs(isolated_data):
+    write_loose(system(isolated_data))
     gray = load_dataset("cifar10", "test", channels=1)
     assert gray.images.shape == (N, 1, 32, 32)
     r, g, b = 5, 3, 103  # record 3 of the test file
@@ -160,20 +149,20 @@ def test_channels_and_image_size_convert_like_other_specs(isolated):
 # damaged files
 
 
-def test_truncated_file_names_the_file_its_size_and_the_record_size(isolated):
+def test_truncated_file_names_the_file_its_size_and_the_record_size(isolated_data):
     files = batch_files()
     files[TRAIN[2]] = files[TRAIN[2]][:-100]
-    write_loose(system(isolated), files)
+    write_loose(system(isolated_data), files)
     size = N * 3073 - 100
     with pytest.raises(DataError, match=rf"data_batch_3\.bin: {size} bytes .* 3073-byte"):
         load_dataset("cifar10")
     assert len(load_dataset("cifar10", "test")) == N  # the test split does not read the train files
 
 
-def test_wrong_record_size_names_the_file(isolated):
+def test_wrong_record_size_names_the_file(isolated_data):
     files = batch_files()
     files[TEST] = b"".join(record(1, 0, 0, 0)[:1] + b"\x02" + record(1, 0, 0, 0)[1:] for _ in range(N))  # 3074-byte records
-    write_archive(system(isolated), {f"cifar-10-batches-bin/{name}": data for name, data in files.items()})
+    write_archive(system(isolated_data), {f"cifar-10-batches-bin/{name}": data for name, data in files.items()})
     with pytest.raises(DataError) as caught:
         load_dataset("cifar10", "test")
     message = str(caught.value)
@@ -181,62 +170,62 @@ def test_wrong_record_size_names_the_file(isolated):
     assert "CIFAR-100" in message
 
 
-def test_empty_file_is_a_data_error(isolated):
+def test_empty_file_is_a_data_error(isolated_data):
     files = batch_files()
     files[TEST] = b""
-    write_loose(system(isolated), files)
+    write_loose(system(isolated_data), files)
     with pytest.raises(DataError, match=r"test_batch\.bin: 0 bytes"):
         load_dataset("cifar10", "test")
 
 
-def test_label_byte_above_9_names_the_file_and_record(isolated):
+def test_label_byte_above_9_names_the_file_and_record(isolated_data):
     files = batch_files()
     data = bytearray(files[TRAIN[4]])
     data[4 * 3073] = 10  # record 4's label byte
     files[TRAIN[4]] = bytes(data)
-    write_loose(system(isolated) / "cifar-10-batches-bin", files)
+    write_loose(system(isolated_data) / "cifar-10-batches-bin", files)
     with pytest.raises(DataError, match=r"data_batch_5\.bin: record 4 .* label byte 10"):
         load_dataset("cifar10", "all")
 
 
 @pytest.mark.parametrize("layout", ["loose", "tar.gz"])
-def test_missing_batch_names_the_missing_file(isolated, layout):
+def test_missing_batch_names_the_missing_file(isolated_data, layout):
     files = batch_files()
     del files[TRAIN[3]]
-    cache = isolated / "home" / ".cache" / "convae" / "cifar10"
+    cache = isolated_data / "home" / ".cache" / "convae" / "cifar10"
     if layout == "loose":
         write_loose(cache, files)
     else:
         write_archive(cache, {f"cifar-10-batches-bin/{name}": data for name, data in files.items()})
-    write_loose(system(isolated))  # a full set later in the search: not used
+    write_loose(system(isolated_data))  # a full set later in the search: not used
     with pytest.raises(DataError, match=r"data_batch_4\.bin") as caught:
         load_dataset("cifar10", "train")
     assert not isinstance(caught.value, DatasetNotFoundError) and str(cache) in str(caught.value)
     assert len(load_dataset("cifar10", "test")) == N  # test needs only test_batch.bin
 
 
-def test_partial_folder_is_not_skipped_silently(isolated, monkeypatch):
-    write_loose(isolated / "data" / "cifar10", {TEST: batch(5)})
-    write_loose(system(isolated))
-    monkeypatch.setenv("CONVAE_DATA", str(isolated / "data"))
+def test_partial_folder_is_not_skipped_silently(isolated_data, monkeypatch):
+    write_loose(isolated_data / "data" / "cifar10", {TEST: batch(5)})
+    write_loose(system(isolated_data))
+    monkeypatch.setenv("CONVAE_DATA", str(isolated_data / "data"))
     with pytest.raises(DataError, match=r"data_batch_1\.bin.*'train' split") as caught:
         load_dataset("cifar10")
     assert not isinstance(caught.value, DatasetNotFoundError)
-    assert str(isolated / "data" / "cifar10") in str(caught.value)
+    assert str(isolated_data / "data" / "cifar10") in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["/etc/cifar-10-batches-bin/test_batch.bin", "../test_batch.bin",
                                   "cifar-10-batches-bin/../../test_batch.bin"])
-def test_archive_with_unsafe_member_names_is_rejected(isolated, name):
+def test_archive_with_unsafe_member_names_is_rejected(isolated_data, name):
     members = {f"cifar-10-batches-bin/{n}": data for n, data in batch_files().items()}
     members[name] = batch(5)
-    write_archive(system(isolated), members)
+    write_archive(system(isolated_data), members)
     with pytest.raises(DataError, match="absolute or '..' path"):
         load_dataset("cifar10", "test")
 
 
-def test_damaged_archive_is_a_data_error(isolated):
-    path = write_archive(system(isolated))
+def test_damaged_archive_is_a_data_error(isolated_data):
+    path = write_archive(system(isolated_data))
     whole = path.read_bytes()
     for cut in (len(whole) // 2, len(whole) - 6):  # cut inside the members; inside gzip's trailer
         path.write_bytes(whole[:cut])
@@ -257,29 +246,29 @@ def test_damaged_archive_is_a_data_error(isolated):
 # lookup
 
 
-def test_found_through_convae_data_first(isolated, monkeypatch):
+def test_found_through_convae_data_first(isolated_data, monkeypatch):
     def fill(folder, value):
         files = {name: b"".join(record(0, value, 0, 0) for _ in range(2)) for name in TRAIN + [TEST]}
         write_loose(folder, files)
 
-    fill(isolated / "data" / "cifar10", 11)
-    fill(isolated / "home" / ".cache" / "convae" / "cifar10", 22)
-    fill(system(isolated), 33)
+    fill(isolated_data / "data" / "cifar10", 11)
+    fill(isolated_data / "home" / ".cache" / "convae" / "cifar10", 22)
+    fill(system(isolated_data), 33)
     assert int(load_dataset("cifar10").images[0, 0, 0, 0]) == 22  # the cache before the system roots
-    monkeypatch.setenv("CONVAE_DATA", str(isolated / "data"))
+    monkeypatch.setenv("CONVAE_DATA", str(isolated_data / "data"))
     dataset = load_dataset("cifar10")
     assert int(dataset.images[0, 0, 0, 0]) == 11 and len(dataset) == 10
 
 
-def test_no_files_error_says_where_it_looked_the_url_and_how_to_fix(isolated, monkeypatch):
-    monkeypatch.setenv("CONVAE_DATA", str(isolated / "data"))
-    (isolated / "data" / "cifar10").mkdir(parents=True)
-    (isolated / "data" / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"pickles")
+def test_no_files_error_says_where_it_looked_the_url_and_how_to_fix(isolated_data, monkeypatch):
+    monkeypatch.setenv("CONVAE_DATA", str(isolated_data / "data"))
+    (isolated_data / "data" / "cifar10").mkdir(parents=True)
+    (isolated_data / "data" / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"pickles")
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset("cifar10", "test")
     message = str(caught.value)
-    for expected in (str(isolated / "data" / "cifar10"), str(isolated / "home" / ".cache" / "convae" / "cifar10"),
-                     str(system(isolated)), "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    for expected in (str(isolated_data / "data" / "cifar10"), str(isolated_data / "home" / ".cache" / "convae" / "cifar10"),
+                     str(system(isolated_data)), "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
                      "CONVAE_NO_DOWNLOAD", "CONVAE_DATA", "cifar-10-batches-bin", "data_batch_1.bin",
                      "copy cifar-10-binary.tar.gz into one of the folders above", "pickled"):
         assert expected in message
@@ -294,7 +283,7 @@ class FakeResponse(io.BytesIO):
         return self
 
 
-def test_failed_download_leaves_no_file_and_no_cache_folder(isolated, monkeypatch):
+def test_failed_download_leaves_no_file_and_no_cache_folder(isolated_data, monkeypatch):
     monkeypatch.delenv("CONVAE_NO_DOWNLOAD")
     urls = []
 
@@ -307,12 +296,12 @@ def test_failed_download_leaves_no_file_and_no_cache_folder(isolated, monkeypatc
         load_dataset("cifar10")
     assert urls == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
     assert "CONVAE_NO_DOWNLOAD" not in str(caught.value).split("To provide them")[1]
-    assert not (isolated / "home").exists()  # no empty ~/.cache/convae/cifar10 left behind
+    assert not (isolated_data / "home").exists()  # no empty ~/.cache/convae/cifar10 left behind
 
 
-def test_download_cut_off_or_with_wrong_sum_leaves_nothing(isolated, monkeypatch):
+def test_download_cut_off_or_with_wrong_sum_leaves_nothing(isolated_data, monkeypatch):
     monkeypatch.delenv("CONVAE_NO_DOWNLOAD")
-    (isolated / "home").mkdir()
+    (isolated_data / "home").mkdir()
     archive = tar_bytes({f"cifar-10-batches-bin/{name}": data for name, data in batch_files().items()})
 
     class CutOff(FakeResponse):
@@ -324,20 +313,20 @@ def test_download_cut_off_or_with_wrong_sum_leaves_nothing(isolated, monkeypatch
     monkeypatch.setattr(_cifar.urllib.request, "urlopen", lambda url, timeout=None: CutOff(archive))
     with pytest.raises(DatasetNotFoundError, match="timed out"):
         load_dataset("cifar10")
-    assert os.listdir(isolated / "home") == []
+    assert os.listdir(isolated_data / "home") == []
     monkeypatch.setattr(_cifar.urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(archive))
     with pytest.raises(DataError, match="does not match the pinned"):  # the real pin: these bytes differ
         load_dataset("cifar10")
-    assert os.listdir(isolated / "home") == []
+    assert os.listdir(isolated_data / "home") == []
 
 
-def test_download_with_matching_sum_goes_into_the_cache(isolated, monkeypatch):
+def test_download_with_matching_sum_goes_into_the_cache(isolated_data, monkeypatch):
     monkeypatch.delenv("CONVAE_NO_DOWNLOAD")
     archive = tar_bytes({f"cifar-10-batches-bin/{name}": data for name, data in batch_files().items()})
     monkeypatch.setattr(_cifar, "SHA256", hashlib.sha256(archive).hexdigest())
     monkeypatch.setattr(_cifar.urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(archive))
     assert len(load_dataset("cifar10", "all")) == 6 * N
-    cache = isolated / "home" / ".cache" / "convae" / "cifar10"
+    cache = isolated_data / "home" / ".cache" / "convae" / "cifar10"
     assert sorted(os.listdir(cache)) == ["cifar-10-binary.tar.gz"]
     assert (cache / "cifar-10-binary.tar.gz").read_bytes() == archive
     monkeypatch.setattr(_cifar.urllib.request, "urlopen", None)  # found in the cache now: no second download

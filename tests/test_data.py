@@ -50,16 +50,6 @@ def write_fake_mnist(folder: Path, n_train: int = 6, n_test: int = 4, fill: int 
     return folder
 
 
-@pytest.fixture
-def isolated_idx(tmp_path, monkeypatch):
-    """No real dataset can be found: HOME, CONVAE_DATA and the system roots all point into tmp_path."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "1")
-    monkeypatch.delenv("CONVAE_DATA", raising=False)
-    monkeypatch.setattr(_idx, "SEARCH_ROOTS", (str(tmp_path / "system"),))
-    return tmp_path
-
-
 def save(path: Path, image: Image.Image, **params) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **params)
@@ -141,28 +131,28 @@ def test_damaged_gzip_idx_raises_data_error(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_convae_data_dir_is_searched_first(isolated_idx, monkeypatch, gz):
-    write_fake_mnist(isolated_idx / "data" / "mnist", fill=11, gz=gz)
-    write_fake_mnist(isolated_idx / "home" / ".cache" / "convae" / "mnist", fill=22)
-    write_fake_mnist(isolated_idx / "system" / "mnist", fill=33)
-    monkeypatch.setenv("CONVAE_DATA", str(isolated_idx / "data"))
+def test_convae_data_dir_is_searched_first(isolated_data, monkeypatch, gz):
+    write_fake_mnist(isolated_data / "data" / "mnist", fill=11, gz=gz)
+    write_fake_mnist(isolated_data / "home" / ".cache" / "convae" / "mnist", fill=22)
+    write_fake_mnist(isolated_data / "system" / "mnist", fill=33)
+    monkeypatch.setenv("CONVAE_DATA", str(isolated_data / "data"))
     dataset = load_dataset("mnist")
     assert dataset.images.shape == (6, 1, 4, 5) and dataset.images.dtype == torch.uint8
     assert int(dataset.images[0, 0, 0, 0]) == 11
     assert dataset.labels.dtype == np.int64 and dataset.class_names == [str(d) for d in range(10)]
 
 
-def test_cache_then_system_roots_are_searched(isolated_idx):
-    write_fake_mnist(isolated_idx / "system" / "fashion-mnist", fill=33)
+def test_cache_then_system_roots_are_searched(isolated_data):
+    write_fake_mnist(isolated_data / "system" / "fashion-mnist", fill=33)
     assert int(load_dataset("fashion-mnist").images[0, 0, 0, 0]) == 33
-    write_fake_mnist(isolated_idx / "home" / ".cache" / "convae" / "fashion-mnist", fill=22)
+    write_fake_mnist(isolated_data / "home" / ".cache" / "convae" / "fashion-mnist", fill=22)
     dataset = load_dataset("fashion-mnist", "test")
     assert int(dataset.images[0, 0, 0, 0]) == 22 and len(dataset) == 4
     assert dataset.class_names[0] == "T-shirt/top"
 
 
-def test_idx_split_all_concatenates_train_then_test(isolated_idx):
-    write_fake_mnist(isolated_idx / "system" / "mnist", n_train=6, n_test=4)
+def test_idx_split_all_concatenates_train_then_test(isolated_data):
+    write_fake_mnist(isolated_data / "system" / "mnist", n_train=6, n_test=4)
     everything = load_dataset("mnist", "all")
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     assert torch.equal(everything.images, torch.cat([train.images, test.images]))
@@ -170,31 +160,31 @@ def test_idx_split_all_concatenates_train_then_test(isolated_idx):
     assert has_test_split("mnist") and has_test_split("fashion-mnist")
 
 
-def test_missing_dataset_error_says_where_it_looked_and_how_to_fix(isolated_idx, monkeypatch):
-    monkeypatch.setenv("CONVAE_DATA", str(isolated_idx / "data"))
+def test_missing_dataset_error_says_where_it_looked_and_how_to_fix(isolated_data, monkeypatch):
+    monkeypatch.setenv("CONVAE_DATA", str(isolated_data / "data"))
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset("fashion-mnist")
     message = str(caught.value)
-    for expected in (str(isolated_idx / "data" / "fashion-mnist"),
-                     str(isolated_idx / "home" / ".cache" / "convae" / "fashion-mnist"),
-                     str(isolated_idx / "system" / "fashion-mnist"), "CONVAE_NO_DOWNLOAD",
+    for expected in (str(isolated_data / "data" / "fashion-mnist"),
+                     str(isolated_data / "home" / ".cache" / "convae" / "fashion-mnist"),
+                     str(isolated_data / "system" / "fashion-mnist"), "CONVAE_NO_DOWNLOAD",
                      "CONVAE_DATA", "apt-get install dataset-fashion-mnist", "t10k-labels-idx1-ubyte"):
         assert expected in message
 
 
-def test_idx_label_count_mismatch_raises(isolated_idx):
-    folder = write_fake_mnist(isolated_idx / "system" / "mnist")
+def test_idx_label_count_mismatch_raises(isolated_data):
+    folder = write_fake_mnist(isolated_data / "system" / "mnist")
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5, np.uint8), gz=True)
     with pytest.raises(DataError, match="5 labels for the 6 images"):
         load_dataset("mnist")
 
 
 @pytest.mark.parametrize("cache_root_exists", [False, True])
-def test_failed_download_leaves_no_cache_folder_behind(isolated_idx, monkeypatch, cache_root_exists):
+def test_failed_download_leaves_no_cache_folder_behind(isolated_data, monkeypatch, cache_root_exists):
     import urllib.error
     import urllib.request
 
-    home = isolated_idx / "home"
+    home = isolated_data / "home"
     if cache_root_exists:
         (home / ".cache" / "convae").mkdir(parents=True)
     monkeypatch.setenv("CONVAE_NO_DOWNLOAD", "0")  # downloads allowed, but the network refuses
@@ -213,7 +203,7 @@ def test_failed_download_leaves_no_cache_folder_behind(isolated_idx, monkeypatch
     assert (home / ".cache" / "convae").is_dir() if cache_root_exists else not home.exists()
 
 
-def test_download_cut_off_midway_is_dataset_not_found_and_leaves_nothing(isolated_idx, monkeypatch):
+def test_download_cut_off_midway_is_dataset_not_found_and_leaves_nothing(isolated_data, monkeypatch):
     import urllib.request
 
     class CutOff:
@@ -236,7 +226,7 @@ def test_download_cut_off_midway_is_dataset_not_found_and_leaves_nothing(isolate
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: CutOff())
     with pytest.raises(DatasetNotFoundError, match="failed: .*Connection reset by peer"):
         load_dataset("mnist")
-    assert not (isolated_idx / "home").exists()  # neither the cache folder nor a temporary file in it
+    assert not (isolated_data / "home").exists()  # neither the cache folder nor a temporary file in it
 
 
 @pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
