@@ -5,7 +5,7 @@
 """
 import sys, time, json
 sys.path.insert(0, "bench")
-import numpy as np, torch
+import torch
 import convae
 from convae.data import load_dataset
 from convae.features import extract_features
