@@ -43,12 +43,12 @@ from ..atomic import atomic_save_npy
 from ..data import dataset_fingerprint
 from ..errors import ConfigError
 from ..features import iter_batches
+from ..progress import Progress
 
 logger = logging.getLogger(__name__)
 
 HAND_DESIGNED = ("hog", "scattering")
 EXTRA = "pip install 'convae[baselines]'"
-_LOG_EVERY = 30.0  # seconds between progress lines
 
 
 def default_params(method: str, in_shape) -> dict:
@@ -103,7 +103,7 @@ def hog_features(data, params: dict, *, desc: str = "hog") -> np.ndarray:
     from skimage.feature import hog
 
     rows = []
-    with _Progress(len(data), desc) as progress:
+    with Progress(len(data), desc=desc, unit="img") as progress:
         for batch in iter_batches(data, 512):
             x = _float_batch(batch).numpy()  # (B, C, H, W) in [0, 1]
             for image in x:
@@ -125,7 +125,7 @@ def scattering_features(data, params: dict, *, batch_size: int = 256, desc: str 
     h, w = (int(v) for v in tuple(data.shape)[-2:])  # ImageDataset.shape is (C, H, W), a tensor's (N, C, H, W)
     transform = ScatteringTorch2D(J=params["J"], shape=(h, w), L=params["L"], max_order=2)
     chunks = []
-    with _Progress(len(data), desc) as progress, torch.inference_mode():
+    with Progress(len(data), desc=desc, unit="img") as progress, torch.inference_mode():
         for batch in iter_batches(data, batch_size):
             out = transform(_float_batch(batch).contiguous())  # (B, C, K, h / 2^J, w / 2^J)
             chunks.append(out.flatten(1).numpy().astype(np.float32, copy=False))
@@ -176,26 +176,3 @@ def hand_designed_features(method: str, data, params: dict, *, cache: bool = Tru
         except OSError as error:  # a cache that cannot be written costs time, not results
             logger.warning("cannot cache %s features in %s: %s", method, path.parent, error)
     return features
-
-
-class _Progress:
-    """A line every 30 s for long feature computations (the library has no bar of its own)."""
-
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.done = total, desc, 0
-        self.t0 = self.last = time.perf_counter()
-
-    def __enter__(self):
-        return self
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= _LOG_EVERY and self.done < self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            logger.warning("%s: %d/%d images, %.0f img/s, about %.0f s left", self.desc, self.done, self.total, rate,
-                           (self.total - self.done) / max(rate, 1e-9))
-
-    def __exit__(self, *exc) -> None:
-        return None

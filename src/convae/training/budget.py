@@ -43,7 +43,7 @@ def measure_step_seconds(model: torch.nn.Module, data: ImageDataset, cfg: TrainC
         twin.to(memory_format=torch.channels_last)
     twin.train()
     probe_cfg = copy.copy(cfg)
-    probe_cfg.epochs, probe_cfg.max_steps, probe_cfg.compile = 1, None, cfg.compile
+    probe_cfg.epochs, probe_cfg.max_steps = 1, None
     times = []
     with thread_limit(cfg.threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         state = TrainingState(twin, data, probe_cfg, train_idx, device=device, precision=precision, channels_last=channels_last,
