@@ -1,0 +1,83 @@
+"""CIFAR-10's settings (issue 14): the demo's and compare's configs for 32x32x3 images, configs/cifar10.toml
+(it loads, its model builds at 32x32x3 and at a larger --image-size), and the cost its comment states."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from convae.config import DEMO_EPOCHS, demo_configs, load_config
+from convae.models import build_from_config
+from convae.training.cost import train_flops_per_image
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10.toml"
+CIFAR = (3, 32, 32)
+BUDGET_TFLOP = 50  # the accuracy-per-compute issue's budget, which the recipe's comment is about
+N_TRAIN = 45_000  # CIFAR-10's 50,000 training images less the default 10% held out for validation
+
+
+def _forward_shape(model, shape) -> tuple[int, ...]:
+    model.eval()
+    with torch.no_grad():
+        return tuple(model(torch.rand(2, *shape)).shape)
+
+
+def test_demo_configs_for_cifar10_build_a_conv_and_a_dense_model_at_32x32x3():
+    configs = demo_configs("cifar10", DEMO_EPOCHS["cifar10"], in_shape=CIFAR, budgets={"conv": "120s", "dense": "40s"})
+    assert configs["conv"].model.kind == "conv" and configs["dense"].model.kind == "dense"
+    assert configs["conv"].data.spec == "cifar10"
+    assert configs["conv"].train.time_budget == "120s" and configs["dense"].train.time_budget == "40s"
+    # 32x32 is not a tiny image: the default three stages and 4x4 masking, not the 8x8 digits' two stages.
+    assert len(configs["conv"].model.channels) == 3 and configs["conv"].train.mask_ratio > 0
+    torch.manual_seed(0)
+    conv = build_from_config(configs["conv"], CIFAR)
+    assert [info.spatial for info in conv.feature_info if info.name.startswith("stage")] == [(16, 16), (8, 8), (4, 4)]
+    assert _forward_shape(conv, CIFAR) == (2, *CIFAR)
+    assert _forward_shape(build_from_config(configs["dense"], CIFAR), CIFAR) == (2, *CIFAR)
+
+
+def test_compare_epochs_for_cifar10_fit_the_compute_budget():
+    cfg = demo_configs("cifar10", DEMO_EPOCHS["cifar10"], in_shape=CIFAR)["conv"]
+    torch.manual_seed(0)
+    flops = train_flops_per_image(build_from_config(cfg, CIFAR), CIFAR, cfg.train)
+    assert DEMO_EPOCHS["cifar10"] * N_TRAIN * flops <= BUDGET_TFLOP * 1e12
+
+
+def test_cifar10_recipe_loads_and_builds_at_32x32_and_at_a_larger_image_size():
+    cfg = load_config(RECIPE)
+    assert cfg.model.kind == "conv" and cfg.data.spec == "cifar10"
+    for shape in (CIFAR, (3, 64, 64)):
+        torch.manual_seed(0)
+        model = build_from_config(cfg, shape)
+        assert _forward_shape(model, shape) == (2, *shape)
+    assert tomllib.loads(RECIPE.read_text())["probe"]["features"]  # bench/recipes.py reads it, as in the other recipes
+
+
+def _stated(pattern: str) -> float:
+    match = re.search(pattern, RECIPE.read_text())
+    assert match, f"configs/cifar10.toml's comment does not state {pattern!r}"
+    return float(match.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("shape, pattern", [
+    (CIFAR, r"([\d,.]+) MFLOP per 32x32x3 image"),
+    ((3, 64, 64), r"--image-size 64x64: ([\d,.]+) MFLOP per image"),
+])
+def test_the_cost_the_recipe_states_is_the_counted_one(shape, pattern):
+    cfg = load_config(RECIPE)
+    torch.manual_seed(0)
+    counted = train_flops_per_image(build_from_config(cfg, shape), shape, cfg.train) / 1e6
+    assert _stated(pattern) == pytest.approx(counted, rel=0.01)
+
+
+def test_the_recipe_fits_the_budget_it_states():
+    cfg = load_config(RECIPE)
+    torch.manual_seed(0)
+    flops = train_flops_per_image(build_from_config(cfg, CIFAR), CIFAR, cfg.train)
+    assert cfg.train.epochs * N_TRAIN * flops <= BUDGET_TFLOP * 1e12
+    stated_epochs = _stated(r"([\d.]+) epochs of the 45,000 training images")
+    assert stated_epochs == pytest.approx(BUDGET_TFLOP * 1e12 / (flops * N_TRAIN), abs=0.01)
