@@ -16,6 +16,10 @@ from safetensors.torch import load_file
 from reference.record import compute, cpu_fingerprint
 
 REFERENCE = Path(__file__).parent / "reference"
+# Since issue 15, extraction folds each BatchNorm into the conv before it (convae.models.fold_batchnorm): the
+# ConvAE's features are the same function, rounded differently (measured: at most 6.4e-6 off the recorded
+# values), so they are compared within float32 tolerance; every other output is still compared bit for bit.
+FOLDED = "conv/features/"
 
 
 def comparable_probe_records(recorded: dict) -> dict:
@@ -53,15 +57,21 @@ def test_reference_outputs_are_unchanged_by_the_redesign(recomputed):
     differ = []
     for key, want in expected.items():
         got = tensors[key]
-        equal = torch.equal(got, want) if same_cpu else torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-3)
+        if same_cpu and key.startswith(FOLDED):
+            equal = torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        else:
+            equal = torch.equal(got, want) if same_cpu else torch.allclose(got.float(), want.float(), rtol=1e-3, atol=1e-3)
         if not equal:
             differ.append(f"{key}: max |diff| {(got.float() - want.float()).abs().max().item():.3g}")
     assert not differ, "outputs changed:\n" + "\n".join(differ)
     want = comparable_probe_records(expected_meta["probe"])
     got = {key: meta["probe"][key] for key in want if key in meta["probe"]}
     assert got.keys() == want.keys(), sorted(set(want) - set(got))
-    if same_cpu:
-        assert got == want
+    if same_cpu:  # the trained ConvAE's rows see folded features: a test image or so may flip
+        assert {k: v for k, v in got.items() if not k.startswith("convae:")} == \
+            {k: v for k, v in want.items() if not k.startswith("convae:")}
+        for key, accuracy in want.items():
+            assert abs(got[key] - accuracy) <= 0.002, key
     else:
         for key, accuracy in want.items():
             assert abs(got[key] - accuracy) <= 0.02, key

@@ -1,6 +1,7 @@
 """Extraction: an encoder's features, batch by batch, in memory or streamed to ``.npy`` (one process or sharded).
 
-Extraction runs under ``torch.inference_mode()`` in eval mode, computes
+Extraction runs under ``torch.inference_mode()`` in eval mode, with each BatchNorm folded into the
+conv before it (on a copy: ``convae.models.fold_batchnorm``), computes
 nothing past the deepest requested layer, pools each batch as it goes and returns float32. In
 fp32 the features do not depend on the batch size beyond float rounding (~1e-6); under bf16
 autocast they differ from fp32 by bf16 rounding (~1e-2 relative) and, on the CPUs measured, still
@@ -24,6 +25,7 @@ from ..atomic import atomic_npy_stream, atomic_save_npy, atomic_write_json
 from ..data import ImageDataset, convert_images, load_dataset
 from ..distributed import all_ok, barrier, broadcast_object, process_group, shard_range
 from ..errors import ConfigError, DataError
+from ..models import count_foldable_batchnorm, fold_batchnorm
 from ..progress import Progress
 from ..runs import as_run
 from ..runtime import autocast, cpu_has_fast_bf16, resolve_device, resolve_precision, to_input
@@ -58,7 +60,8 @@ def iter_layer_outputs(model, data, layers, *, batch_size: int = 128, precision:
     """Yield ``{layer: output}`` per batch, in image order: un-pooled maps (B, C, H, W) or vectors (B, D).
 
     ``data``: an ImageDataset or an N×C×H×W uint8 (0..255) or float ([0, 1]) tensor. Each batch
-    runs on the model's device, in eval mode (restored afterwards), under inference mode and
+    runs on the model's device, in eval mode (restored afterwards; a model with BatchNorm runs as an
+    eval copy with each BatchNorm folded into its conv, made once per call), under inference mode and
     ``precision`` autocast, computing nothing past the deepest layer. Images whose (C, H, W)
     differs from the model's are a DataError, or with ``convert=True`` are converted batch by
     batch by ``convae.data.convert_images``.
@@ -67,28 +70,35 @@ def iter_layer_outputs(model, data, layers, *, batch_size: int = 128, precision:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     names = model.resolve_layers(layers)
     device = next(model.parameters()).device
-    was_training = model.training
+    # Eval mode makes each BatchNorm a per-channel affine map, folded once per call into the conv before
+    # it (convae.models.fold_batchnorm: an eval copy; ``model`` itself is not touched). Same features up
+    # to float rounding, one pass over each map fewer (bench/extraction_paths.py). A model with nothing
+    # to fold runs as it is, in eval mode, restored afterwards.
+    folded = fold_batchnorm(model) if count_foldable_batchnorm(model) else None
+    net = model if folded is None else folded
+    was_training = net.training
     # oneDNN's convolutions run ~3x faster in channels_last (bench/bench_extraction.py); the model's
     # own layout comes back afterwards.
-    channels_last = hasattr(model, "stages") and device.type != "mps"
-    was_channels_last = any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters())
+    channels_last = hasattr(net, "stages") and device.type != "mps"
+    was_channels_last = any(p.dim() == 4 and not p.is_contiguous() for p in net.parameters())
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.eval()
+        net.to(memory_format=torch.channels_last)
+    net.eval()
     bar = Progress(len(data), enabled=progress, unit="img", desc=desc)  # a bar on a terminal, else log lines (convae.progress)
     try:
         for batch in iter_batches(data, batch_size):
-            batch = _fit_shape(batch, model.in_shape, convert)
+            batch = _fit_shape(batch, net.in_shape, convert)
             # inference mode per batch, not across the yield: the caller's code runs in its own mode
             with torch.inference_mode(), autocast(precision, device):
-                out = model.forward_intermediates(to_input(batch, device, channels_last), names, stop_early=True)
+                out = net.forward_intermediates(to_input(batch, device, channels_last), names, stop_early=True)
             bar.update(batch.shape[0])
             yield out
     finally:
         bar.close()
-        model.train(was_training)
-        if channels_last and not was_channels_last:
-            model.to(memory_format=torch.contiguous_format)
+        if folded is None:
+            model.train(was_training)
+            if channels_last and not was_channels_last:
+                model.to(memory_format=torch.contiguous_format)
 
 
 def iter_features(model, data, *, layers="bottleneck", pool="avg", batch_size: int = 128, precision: str = "fp32",
