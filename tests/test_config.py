@@ -203,3 +203,33 @@ def test_to_toml_writes_only_the_keys_of_the_kind():
     assert "hidden = " in dense and "channels = " not in dense.split("[train]")[0] and "downsample" not in dense
     conv = to_toml(RunConfig())
     assert "downsample = \"max\"" in conv and "hidden" not in conv and "pool" not in conv
+
+
+def test_the_default_length_is_557_steps_or_10_epochs_and_any_given_epochs_win():
+    from convae.config import DEFAULT_EPOCHS, DEFAULT_STEPS, RunConfig, TrainConfig, apply_overrides, to_toml
+    from convae.training.plan import total_steps
+
+    default = TrainConfig()
+    assert default.epochs is None and default.step_cap == DEFAULT_STEPS == 557 and default.n_epochs == DEFAULT_EPOCHS == 10
+    assert total_steps(default, 54_000) == 557  # Fashion-MNIST's 54,000 training images: 1.3 epochs
+    assert total_steps(default, 1_000) == 10 * 8  # a small dataset: 10 epochs of 8 steps come first
+    given = TrainConfig(epochs=20)
+    assert given.step_cap is None and total_steps(given, 54_000) == 20 * 422  # --epochs 20 trains 20 epochs
+    assert total_steps(TrainConfig(epochs=20, max_steps=100), 54_000) == 100
+    assert total_steps(TrainConfig(max_steps=1000), 54_000) == 1000  # a given cap replaces the default one
+    cfg = apply_overrides(RunConfig(), ["train.epochs=3"])
+    assert cfg.train.epochs == 3 and cfg.train.step_cap is None
+    back = RunConfig.from_dict(RunConfig().to_dict())
+    assert back.train.epochs is None and back.train.step_cap == 557
+    assert "epochs" not in to_toml(RunConfig()).split("[train]")[1].split("[")[0]
+
+
+def test_a_time_budget_or_max_steps_given_alone_replaces_the_default_length():
+    from convae.config import TrainConfig
+    from convae.training.plan import total_steps
+
+    assert TrainConfig(time_budget="5m").step_cap is None  # the budget plans the steps (at most 10 epochs)
+    assert "time budget" in TrainConfig(time_budget="5m").describe_length()
+    assert total_steps(TrainConfig(time_budget="5m", planned_steps=900), 54_000) == 900
+    assert "557 steps" in TrainConfig().describe_length()
+    assert TrainConfig(epochs=3).describe_length() == "train.epochs=3"

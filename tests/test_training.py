@@ -147,7 +147,7 @@ def test_extending_a_cosine_run_warns_and_a_flat_one_does_not(tmp_path, blobs_np
         caplog.clear()
         with caplog.at_level("WARNING", logger="convae.training"):
             train(short(2), tmp_path / schedule, resume=True, progress=False)
-        warned = any("cosine-schedule run from 1 to 2 epochs" in r.getMessage() for r in caplog.records)
+        warned = any("cosine-schedule run from train.epochs=1 to train.epochs=2" in r.getMessage() for r in caplog.records)
         assert warned == (schedule == "cosine")
 
 
@@ -184,3 +184,13 @@ def test_augment_flips_and_shifts_each_image_and_a_share_sees_its_rows():
 def test_negative_shift_is_rejected():
     with pytest.raises(convae.ConfigError, match="train.shift"):
         apply_overrides(RunConfig(), ["train.shift=-1"])
+
+
+def test_resume_refuses_to_turn_a_default_length_run_into_an_epoch_count(tmp_path, blobs_npz):
+    # the default length (epochs=None) stops at a step cap, possibly part-way through an epoch: epochs=N on
+    # --resume would lift the cap and skip the rest of that epoch, so it is refused with what to do instead
+    train(small_config(f"npz:{blobs_npz}", "train.epochs=none", "train.max_steps=2"), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / WEIGHTS).read_bytes()
+    with pytest.raises(convae.ConfigError, match="Train a fresh run with --epochs 3"):
+        train(small_config(f"npz:{blobs_npz}", "train.epochs=3", "train.max_steps=2"), tmp_path / "r", resume=True, progress=False)
+    assert (tmp_path / "r" / WEIGHTS).read_bytes() == before

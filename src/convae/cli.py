@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a ConvAE or FCAE into a run directory")
     _add_data_args(p)
     p.add_argument("--model", choices=CHOICES["model", "kind"], help="conv (ConvAE, default) or dense (FCAE)")
-    p.add_argument("--epochs", type=int, help="passes over the training images (train.epochs; default 10)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (train.epochs; default: 557 steps or 10 epochs, whichever "
+                   "ends first, 50 TFLOP on 28x28 images)")
     p.add_argument("--batch-size", type=int, help="images per optimizer step (train.batch_size; default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (train.lr; default 1e-3)")
     p.add_argument("--seed", type=int, help="seed of the weights, the split and the data order (train.seed; default 0)")

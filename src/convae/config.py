@@ -70,6 +70,12 @@ class ModelConfig:
         return kwargs
 
 
+# The default length of training (``TrainConfig(epochs=None)``): 557 steps of 128 images of the default ConvAE are
+# 50 TFLOP on 28x28 images (701.2 MFLOP per image), issue 15's budget; at most 10 epochs on small datasets.
+DEFAULT_STEPS = 557
+DEFAULT_EPOCHS = 10
+
+
 @dataclass
 class TrainConfig:
     """Optimisation. ``precision="auto"`` picks bf16 autocast where the CPU/GPU runs it natively.
@@ -77,9 +83,15 @@ class TrainConfig:
     The defaults are the feature recipe of :class:`ModelConfig`: AdamW (weight decay 1e-4) with a
     cosine schedule, and a masked-reconstruction objective (half of the 4x4 input patches zeroed,
     the whole image reconstructed).
+
+    ``epochs=None`` is the default length: :data:`DEFAULT_STEPS` optimizer steps or :data:`DEFAULT_EPOCHS`
+    epochs, whichever ends first (on Fashion-MNIST 557 steps, 1.3 epochs, 50 TFLOP: the best recipe measured
+    within issue 15's budget, docs/RESULTS.md, "Accuracy per compute"). Any ``epochs`` given trains that many
+    epochs, cut only by ``max_steps`` and a time budget when those are given; ``max_steps`` or a time budget
+    given without ``epochs`` replaces the 557 steps (still at most 10 epochs).
     """
 
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -102,6 +114,29 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (tests, smoke runs)
     time_budget: float | str | None = None  # wall time for training: seconds or "5m", "90s", "1h30m" (training/budget.py)
     planned_steps: int | None = None  # the steps a time budget planned on the machine that ran it; kept so reruns repeat it
+
+    @property
+    def n_epochs(self) -> int:
+        """The epochs the run may take: ``epochs``, or :data:`DEFAULT_EPOCHS` when it is None."""
+        return DEFAULT_EPOCHS if self.epochs is None else self.epochs
+
+    @property
+    def step_cap(self) -> int | None:
+        """The most optimizer steps: ``max_steps``, or :data:`DEFAULT_STEPS` for the default length (``epochs=None``,
+        no time budget: a budget given alone replaces the default length, as ``max_steps`` does)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return DEFAULT_STEPS if self.epochs is None and self.time_budget is None else None
+
+    def describe_length(self) -> str:
+        """How long the run is set to train, in words, for logs and errors."""
+        if self.epochs is None:
+            if self.max_steps is None and self.time_budget is None:
+                return f"the default length ({DEFAULT_STEPS} steps or {DEFAULT_EPOCHS} epochs, whichever ends first)"
+            cap = f"train.max_steps={self.max_steps}" if self.max_steps is not None else "the time budget"
+            return f"{cap} (at most {DEFAULT_EPOCHS} epochs)"
+        length = f"train.epochs={self.epochs}"
+        return length + (f", train.max_steps={self.max_steps}" if self.max_steps is not None else "")
 
 
 @dataclass
@@ -346,7 +381,7 @@ def validate(cfg: RunConfig, *, source: str = "config") -> None:
     for section, key in CHOICES:
         choice(section, key)
     t, m, d = cfg.train, cfg.model, cfg.data
-    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "model.latent_dim": m.latent_dim, "model.kernel_size": m.kernel_size}
+    positive = {"train.epochs": t.n_epochs, "train.batch_size": t.batch_size, "model.latent_dim": m.latent_dim, "model.kernel_size": m.kernel_size}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{source}: {name(key)} must be >= 1, got {value}")

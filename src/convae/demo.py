@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .analysis.probe import probe
 from .analysis.tables import format_table
-from .config import DEMO_BUDGETS, DEMO_BUDGETS_SMALL, DEMO_EPOCHS, TrainConfig, demo_configs
+from .config import DEFAULT_EPOCHS, DEMO_BUDGETS, DEMO_BUDGETS_SMALL, DEMO_EPOCHS, demo_configs
 from .data import has_test_split, load_dataset
 from .errors import ConvaeError
 from .report import write_report
@@ -32,7 +32,7 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
     default recipe's, 30 for digits) caps it, and whichever ends first decides. ``budgets=False`` trains the
     epochs alone.
     """
-    epochs = epochs or max(DEMO_EPOCHS.get(data, 5), TrainConfig().epochs)
+    epochs = epochs or max(DEMO_EPOCHS.get(data, 5), DEFAULT_EPOCHS)
     root = Path(out) / f"{data.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_data = load_training_data(demo_configs(data, epochs, limit)["conv"])
     small = min(train_data.shape[1:]) < 16

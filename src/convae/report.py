@@ -29,7 +29,7 @@ from .analysis.filters import filter_study, format_filter_table
 from .analysis.tables import format_compare, format_table
 from .atomic import atomic_write_text
 from .runs import Run, as_run
-from .runtime import thread_limit
+from .runtime import small_work_threads, thread_limit
 from .training import evaluate
 from .viz.compare_plots import compare_figures
 from .viz.filter_plots import plot_filter_comparison
@@ -329,7 +329,7 @@ def write_report(run, *, compare=None, fcae=None, out=None, data=None, seed: int
     run = as_run(run)
     path = Path(out) if out is not None else Path(run.path) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with thread_limit(1):  # many small batches: on a busy CPU one thread is faster than two waiting on each other
+    with thread_limit(small_work_threads()):  # many small batches: on a busy CPU one thread is faster than two waiting on each other
         text = build_report(run, compare=compare, fcae=fcae, data=data, seed=seed)
     atomic_write_text(path, text)
     logger.info("wrote %s", path)

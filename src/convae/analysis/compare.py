@@ -69,7 +69,8 @@ def _finished(run_dir: Path, cfg: RunConfig) -> bool:
     if not metrics:
         return False
     last = metrics[-1]
-    return last.get("epoch", 0) >= cfg.train.epochs or (cfg.train.max_steps is not None and last.get("step", 0) >= cfg.train.max_steps)
+    cap = cfg.train.step_cap
+    return last.get("epoch", 0) >= cfg.train.n_epochs or (cap is not None and last.get("step", 0) >= cap)
 
 
 def train_or_reuse(cfg: RunConfig, run_dir: Path, dataset: ImageDataset, progress: bool = False) -> Run:

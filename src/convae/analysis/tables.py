@@ -133,12 +133,16 @@ def format_table(results) -> str:
 
 
 # --- tables ---------------------------------------------------------------------------------------------
+def _epochs(value) -> str:
+    return "default length" if value is None else str(value)
+
+
 def format_compare(result: dict) -> str:
     """Markdown tables of every section present in a compare result."""
     meta = result["meta"]
     c, h, w = meta["in_shape"]
     lines = [f"ConvAE vs FCAE on {meta['data']} ({c}x{h}x{w}): {meta['n_train']:,} training images, {meta['n_test']:,} test images "
-             f"({meta['test_source']}); epochs {meta['epochs']['conv']} (ConvAE) / {meta['epochs']['dense']} (FCAE); "
+             f"({meta['test_source']}); epochs {_epochs(meta['epochs']['conv'])} (ConvAE) / {_epochs(meta['epochs']['dense'])} (FCAE); "
              f"linear probe: {meta['probe']}, {meta['probe_train_limit'] or 'all'} labelled training images, pooling {meta['pool']}.", ""]
     if "parameters" in result:
         p = result["parameters"]

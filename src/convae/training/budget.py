@@ -71,9 +71,9 @@ def plan_steps(budget: float, step_seconds: float, cfg: TrainConfig, n_train: in
     epoch ends with a checkpoint; both come out of the budget, as does ``spent`` (the measurement).
     """
     per_epoch = steps_per_epoch(n_train, cfg.batch_size)
-    epoch_steps = per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        epoch_steps = min(epoch_steps, cfg.max_steps)
+    epoch_steps = per_epoch * cfg.n_epochs
+    if cfg.step_cap is not None:
+        epoch_steps = min(epoch_steps, cfg.step_cap)
     val_seconds = math.ceil(n_val / 512) * step_seconds * (512 / cfg.batch_size) / 3 if n_val else 0.0
     available = budget * SAFETY - spent
     epoch_end = val_seconds + 0.05  # validation and a checkpoint after every epoch begun
@@ -85,8 +85,15 @@ def plan_steps(budget: float, step_seconds: float, cfg: TrainConfig, n_train: in
     while steps > 1 and cost(steps) > available:
         steps -= 1
     if steps >= epoch_steps:
-        return epoch_steps, f"train.epochs={cfg.epochs} ends first ({epoch_steps} steps fit in the budget's {steps})"
-    return steps, f"the time budget ends first: {steps} of the {epoch_steps} steps that train.epochs={cfg.epochs} would take"
+        return epoch_steps, f"{_cap(cfg)} ends first ({epoch_steps} steps fit in the budget's {steps})"
+    return steps, f"the time budget ends first: {steps} of the {epoch_steps} steps that {_cap(cfg)} would take"
+
+
+def _cap(cfg: TrainConfig) -> str:
+    """What bounds a budgeted run besides the budget: the epochs (10 when none are given) and max_steps."""
+    if cfg.epochs is None and cfg.max_steps is None:
+        return f"{cfg.n_epochs} epochs (a time budget's limit when train.epochs is not given)"
+    return f"train.epochs={cfg.n_epochs}" + (f", train.max_steps={cfg.max_steps}" if cfg.max_steps is not None else "")
 
 
 def plan_to_budget(model: torch.nn.Module, data: ImageDataset, cfg: TrainConfig, train_idx, val_idx) -> int:

@@ -113,6 +113,7 @@ class TrainingState:
         self.flops_per_image = train_flops_per_image(model, data.shape, cfg) if count_flops else 0
         self.steps_per_epoch = steps_per_epoch(len(train_idx), cfg.batch_size)
         self.total_steps = total_steps(cfg, len(train_idx))
+        self.planned_epochs = min(cfg.n_epochs, math.ceil(self.total_steps / max(self.steps_per_epoch, 1)))  # for the logs
         self.history: list[dict] = []
         self.epoch = self.step_in_epoch = self.global_step = 0
         self.start_epoch = self.start_step_in_epoch = 0
@@ -281,7 +282,7 @@ class TrainingState:
             record.update(val_mse=val["mse"], val_psnr=val["psnr"], val_ssim=val["ssim"])
         self.history.append(record)
         if self.is_main:
-            logger.info("epoch %d/%d %s", self.epoch + 1, cfg.epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
+            logger.info("epoch %d/%d %s", self.epoch + 1, self.planned_epochs, {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()})
         return record
 
 
@@ -334,7 +335,7 @@ def _train_model(model, data, cfg: TrainConfig, *, train_indices, val_indices, r
     bar = Progress(state.total_steps, initial=min(state.global_step, state.total_steps), enabled=progress and state.is_main,
                    desc="train", unit="step")
     try:
-        for epoch in range(state.start_epoch, cfg.epochs):
+        for epoch in range(state.start_epoch, cfg.n_epochs):
             if state.global_step >= state.total_steps:
                 break
             for batch in state.start(epoch):
@@ -343,7 +344,7 @@ def _train_model(model, data, cfg: TrainConfig, *, train_indices, val_indices, r
                 loss_value = state.step(batch)
                 if on_step is not None:
                     on_step(state.global_step, loss_value)
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_value:.4f}",
+                bar.set_postfix(epoch=f"{epoch + 1}/{state.planned_epochs}", loss=f"{loss_value:.4f}",
                                 img_s=f"{state.seen / max(time.perf_counter() - state.t0, 1e-9):.0f}")
                 bar.update(1)
             record = state.finish_epoch(val_indices)

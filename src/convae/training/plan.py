@@ -41,10 +41,11 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
-    """The run's optimizer steps: ``cfg.epochs`` epochs, cut to ``cfg.max_steps`` and to the steps a time budget
-    planned (``cfg.planned_steps``, see :mod:`convae.training.budget`) when they are set."""
-    steps = steps_per_epoch(n_train, cfg.batch_size) * cfg.epochs
-    for cap in (cfg.max_steps, cfg.planned_steps):
+    """The run's optimizer steps: ``cfg.n_epochs`` epochs, cut to ``cfg.step_cap`` (``max_steps``, or the default
+    length's steps) and to the steps a time budget planned (``cfg.planned_steps``, see :mod:`convae.training.budget`)
+    when they are set."""
+    steps = steps_per_epoch(n_train, cfg.batch_size) * cfg.n_epochs
+    for cap in (cfg.step_cap, cfg.planned_steps):
         if cap is not None:
             steps = min(steps, cap)
     return steps

@@ -67,10 +67,14 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
             if changed:
                 raise ConfigError(f"--resume: {run_path / runs.CONFIG} differs from the given settings in {', '.join(changed)}; "
                                   "a resumed run must keep its settings (only train.epochs may grow)")
+            if saved.train.epochs is None and config.train.epochs is not None:
+                raise ConfigError(f"--resume: {run_path} was trained for {saved.train.describe_length()}; giving train.epochs="
+                                  f"{config.train.epochs} now would drop its step cap part-way through an epoch. Train a fresh "
+                                  f"run with --epochs {config.train.epochs} instead")
             if config.train.epochs != saved.train.epochs and saved.train.schedule == "cosine":
-                logger.warning("extending a cosine-schedule run from %d to %d epochs: the learning rate is recomputed for the "
-                               "new total and jumps back up, so the result will not equal a run trained for %d epochs from "
-                               "the start", saved.train.epochs, config.train.epochs, config.train.epochs)
+                logger.warning("extending a cosine-schedule run from %s to %s: the learning rate is recomputed for the "
+                               "new total and jumps back up, so the result will not equal a run trained that long from "
+                               "the start", saved.train.describe_length(), config.train.describe_length())
             saved.train.epochs = config.train.epochs
         config = saved
         resume_state = runs.load_trainer_state(run_path / runs.STATE)

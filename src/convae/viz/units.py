@@ -15,7 +15,7 @@ from torch import nn
 from .plots import plot_mosaic
 from ..data import to_float
 from ..errors import ConfigError
-from ..runtime import thread_limit
+from ..runtime import small_work_threads, thread_limit
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
     was = model.training
     model.eval()
     try:
-        with thread_limit(1):
+        with thread_limit(small_work_threads()):
             brightness = torch.linspace(-1.5, 1.5, restarts).repeat_interleave(n).view(-1, 1, 1, 1) if restarts > 1 else torch.zeros(n, 1, 1, 1)
             p = torch.randn(restarts * n, c, h, w, generator=gen) + brightness
             if starts is not None:
