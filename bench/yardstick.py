@@ -45,9 +45,9 @@ def features(method: str, train, test) -> tuple[np.ndarray, np.ndarray, dict, fl
     return out[0], out[1], params, time.perf_counter() - t0
 
 
-def measure(methods: list[str]) -> list[dict]:
+def measure(methods: list[str], grid: list[float]) -> list[dict]:
     from _common import machine_info  # CPU model, ISA flags, threads, load
-    from recipes import logreg_accuracy, tuned_logreg_accuracy
+    from recipes import SOLVER, logreg_accuracy, tuned_logreg_accuracy
 
     from convae.data import load_dataset
 
@@ -57,9 +57,9 @@ def measure(methods: list[str]) -> list[dict]:
         X, Xt, params, seconds = features(method, train, test)
         t0 = time.perf_counter()
         at_1 = logreg_accuracy(X, train.labels, Xt, test.labels, C=1.0)
-        tuned, best_C, val = tuned_logreg_accuracy(X, train.labels, Xt, test.labels, GRID)
+        tuned, best_C, val = tuned_logreg_accuracy(X, train.labels, Xt, test.labels, grid)
         rows.append({"features": method, "params": params, "dim": int(X.shape[1]), "accuracy_C1": at_1, "accuracy_tuned": tuned,
-                     "C": best_C, "val_accuracy": val, "feature_seconds": round(seconds, 1),
+                     "C": best_C, "grid": grid, "solver": SOLVER, "val_accuracy": val, "feature_seconds": round(seconds, 1),
                      "fit_seconds": round(time.perf_counter() - t0, 1),
                      "machine": {**machine_info(), "threads": torch.get_num_threads()},
                      "when": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -67,31 +67,43 @@ def measure(methods: list[str]) -> list[dict]:
     return rows
 
 
-def default_recipe_rows() -> dict:
-    """The default recipe's stage2+stage3 rows (trained and untrained) from bench/results/recipes.json."""
-    from recipes import DEFAULT_RECIPE
+def recipe_rows(tag: str) -> dict | None:
+    """The default recipe's stage2+stage3 rows (trained and untrained) of one tag in bench/results/recipes.json."""
+    from recipes import DEFAULT_RECIPE, record_tflop
 
     records = json.loads((ROOT / "bench" / "results" / "recipes.json").read_text())
-    record = next(r for r in records if r["recipe"] == DEFAULT_RECIPE and r["tag"] == "full")
+    record = next((r for r in records if r["recipe"] == DEFAULT_RECIPE and r["tag"] == tag), None)
+    if record is None:
+        return None
     pick = {}
     for row in record["rows"]:
         if row["features"] == "stage2+stage3:flatten" and row["post"] == "none":
-            pick[(row["family"], "tuned" if row.get("head") == "C=val" else "C1")] = row
-    return {"recipe": DEFAULT_RECIPE, "train_seconds": record["train_seconds"], "epochs": record["epochs"], "rows": pick,
-            "when": record.get("when")}
+            pick[(row["family"], "tuned" if row.get("head") == "C=val" else row.get("head", "C=1"))] = row
+    m = record.get("machine")
+    where = f"{m['cpu']}, {m['precision']}" if m else "an AMX machine, bf16"
+    return {"recipe": DEFAULT_RECIPE, "tag": tag, "train_seconds": record["train_seconds"], "epochs": record["epochs"],
+            "steps": record.get("max_steps"), "tflop": record_tflop(record), "rows": pick, "when": record.get("when"), "where": where}
 
 
 def table() -> str:
     rows = json.loads(RESULTS.read_text())
-    recipe = default_recipe_rows()
-    r = recipe["rows"]
     titles = {"raw": "raw pixels", "hog": "HOG", "scattering": "scattering"}
-    lines = ["| features | training | dim | C=1 | C chosen on held-out images |", "|---|---|---:|---:|---:|",
-             f"| convae default ({recipe['recipe']}), stage2+stage3 flattened | {recipe['epochs']} epochs, 379 TFLOP | 8,320 | "
-             f"{100 * r[('trained', 'C1')]['accuracy']:.2f}% | {100 * r[('trained', 'tuned')]['accuracy']:.2f}% "
-             f"(C={r[('trained', 'tuned')]['C']:g}) |",
-             f"| the same encoder, untrained | none | 8,320 | {100 * r[('untrained', 'C1')]['accuracy']:.2f}% | "
-             f"{100 * r[('untrained', 'tuned')]['accuracy']:.2f}% (C={r[('untrained', 'tuned')]['C']:g}) |"]
+    lines = ["| features | training | dim | C=1 | C chosen on held-out images |", "|---|---|---:|---:|---:|"]
+    notes = []
+    for tag, label in (("t50", "convae default"), ("full", "the 10-epoch recipe before issue 15")):
+        recipe = recipe_rows(tag)
+        if recipe is None:
+            continue
+        r = recipe["rows"]
+
+        def cell(key):
+            return f"{100 * r[key]['accuracy']:.2f}%" + (f" (C={r[key]['C']:g})" if key[1] == "tuned" else "") if key in r else "-"
+
+        lines += [f"| {label} ({recipe['recipe']}), stage2+stage3 flattened | {recipe['tflop']:.0f} TFLOP | 8,320 | "
+                  f"{cell(('trained', 'C=1'))} | {cell(('trained', 'tuned'))} |",
+                  f"| the same encoder, untrained | none | 8,320 | {cell(('untrained', 'C=1'))} | {cell(('untrained', 'tuned'))} |"]
+        notes.append(f"{label} rows by `python bench/recipes.py configs/{recipe['recipe']}.toml --tag {tag} ...` on "
+                     f"{recipe['when']} ({recipe['train_seconds']:.0f} s of training on {recipe['where']})")
     for row in rows:
         settings = ", ".join(f"{k}={v}" for k, v in row["params"].items())
         name = titles[row["features"]] + (f" ({settings})" if settings else "")
@@ -99,11 +111,10 @@ def table() -> str:
                      f"{100 * row['accuracy_tuned']:.2f}% (C={row['C']:g}) |")
     m = rows[0]["machine"]
     timings = ", ".join(f"{x['features']} {x['feature_seconds']:.0f} s" for x in rows)
-    lines += ["", f"Hand-designed rows measured {rows[0]['when']} on {m.get('cpu')} ({', '.join(m.get('isa', []))}), {m.get('threads')} "
-              f"threads, load {m.get('load_average_start', ['?'])[0]} at the start, "
-              f"fp32 (features: {timings}); the default recipe's "
-              f"rows were recorded by `python bench/recipes.py configs/{recipe['recipe']}.toml` on {recipe['when']} "
-              f"({recipe['train_seconds']:.0f} s of training on an AMX machine, bf16)."]
+    grids = sorted({", ".join(f"{c:g}" for c in x.get("grid", GRID)) for x in rows})
+    lines += ["", f"Hand-designed rows measured {', '.join(sorted({x['when'][:10] for x in rows}))} on {m.get('cpu')} "
+              f"({', '.join(m.get('isa', []))}), {m.get('threads')} threads, load {m.get('load_average_start', ['?'])[0]} at the "
+              f"start, fp32 (features: {timings}; C grid {' / '.join(grids)}); " + "; ".join(notes) + "."]
     return "\n".join(lines)
 
 
@@ -120,9 +131,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", action="store_true", help="only regenerate the docs table")
     parser.add_argument("--methods", default="raw,hog,scattering")
+    parser.add_argument("--grid", type=float, nargs="+", default=GRID, help="the C values tried on held-out images")
     args = parser.parse_args()
     if not args.table:
-        rows = measure(args.methods.split(","))
+        fresh = measure(args.methods.split(","), args.grid)
+        old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+        done = {r["features"] for r in fresh}
+        order = ["raw", "hog", "scattering"]
+        rows = sorted([r for r in old if r["features"] not in done] + fresh, key=lambda r: order.index(r["features"]))
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
     write_table()
     print(table())

@@ -49,12 +49,3 @@ def test_thread_limit_restores_the_thread_count():
     with thread_limit(None):
         assert torch.get_num_threads() == before
 
-
-def test_small_work_runs_on_one_thread_only_when_other_processes_keep_the_cores_busy(monkeypatch):
-    from convae import runtime
-
-    cores = len(runtime.os.sched_getaffinity(0))
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (cores + 2.0, 0.0, 0.0))
-    assert runtime.cpu_busy() and runtime.small_work_threads() == 1
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (float(cores), 0.0, 0.0))  # our own threads, just training
-    assert not runtime.cpu_busy() and runtime.small_work_threads() is None

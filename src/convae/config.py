@@ -503,14 +503,14 @@ def to_toml(cfg: RunConfig) -> str:
 DEMO_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30, "cifar10": 1}
 # What `convae demo` gives each model's training, on any machine: with the probe and the report the demo
 # ends within about 5 minutes; a faster machine trains more steps in the same time (training/budget.py).
-DEMO_BUDGETS = {"conv": "120s", "dense": "40s"}
+DEMO_BUDGETS = {"conv": "60s", "dense": "20s"}
 DEMO_BUDGETS_SMALL = {"conv": "40s", "dense": "15s"}  # 8x8 digits: the probe and report take seconds
 
 
 def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None,
                  budgets: dict[str, str] | None = None) -> dict[str, RunConfig]:
     """The ConvAE and FCAE configs that ``convae demo`` and ``convae compare`` train on ``data`` (defaults, sized for
-    tiny images); ``budgets`` (``{"conv": "120s", ...}``) adds each model's ``train.time_budget``.
+    tiny images); ``budgets`` (``{"conv": "60s", ...}``) adds each model's ``train.time_budget``.
 
     Images of 16 pixels or more a side, grey or colour (Fashion-MNIST, CIFAR-10's 32x32x3, ``--image-size``), keep
     the defaults: the ConvAE is fully convolutional, so its three stages end on a 4x4 map at 32x32 (8x8 at 64x64)

@@ -94,19 +94,6 @@ def _load_and_cores() -> tuple[float, int] | None:
     return load, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def cpu_busy() -> bool:
-    """Whether other processes keep every core busy: the 1-minute load average over the usable cores by more than
-    half a core (convae's own threads, just busy training, bring it up to about the core count, not above)."""
-    found = _load_and_cores()
-    return found is not None and found[0] > found[1] + 0.5
-
-
-def small_work_threads() -> int | None:
-    """Threads for many small batches (unit maximization, the report, a quick probe): one on a busy CPU, where
-    threads would wait for each other at every op; None (all of torch's threads) on an idle one."""
-    return 1 if cpu_busy() else None
-
-
 def warn_if_cpu_busy() -> None:
     """Log, once per process, when other processes keep every core busy: torch's threads then wait for each other at each op.
 

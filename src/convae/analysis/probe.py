@@ -39,8 +39,8 @@ feature sets (:mod:`convae.analysis.feature_sets`), the three stages (scored by
 :mod:`convae.analysis.classifiers`), and the files (tables by :mod:`convae.analysis.tables`).
 
 ``quick=True`` keeps stage 1 on a middle layer and the bottleneck, logistic regression only,
-100 labels per class with one seed, 10,000 training images, and one thread on a busy CPU
-(:func:`convae.runtime.small_work_threads`; all threads on an idle one): on Fashion-MNIST
+100 labels per class with one seed, 10,000 training images and one thread (two were slower even on the
+idle 2-core EPYC of issue 15's session: the demo's quick probe and report took longer): on Fashion-MNIST
 (ConvAE and FCAE runs, 10,000 test images) 21 s on the project's idle 2-core CPU and 57 s while
 other jobs shared it; left with the default threads on the shared CPU it took 18 minutes. The results go to ``probe.json`` (one record per feature set x
 classifier x label count), ``probe.csv`` and ``probe.md`` in the run directory.
@@ -65,7 +65,7 @@ from ..errors import ConfigError, DataError
 from ..features import parse_pool, prepare_data, resolve_groups, run_precision
 from ..models import build_from_config
 from ..runs import Run, as_run
-from ..runtime import resolve_device, small_work_threads, thread_limit
+from ..runtime import resolve_device, thread_limit
 from .classifiers import CLASSIFIERS, evaluate_set, stratified_sample
 from .baselines import HAND_DESIGNED, available, hand_designed_features, resolve_params
 from .classifiers import score
@@ -137,7 +137,7 @@ class ProbeSettings:
         train_limit = train_limit if train_limit is not None else (QUICK_TRAIN_LIMIT if quick else None)
         if train_limit is not None and train_limit < 2:
             raise ConfigError(f"train_limit must be at least 2 images, got {train_limit}")
-        threads = threads if threads is not None else (small_work_threads() if quick else None)
+        threads = threads if threads is not None else (1 if quick else None)
         given = {name: dict(value) for name, value in (("hog", hog), ("scattering", scattering)) if value}
         for name, value in given.items():
             resolve_params(name, (1, 4096, 4096), value)  # unknown keys and bad values fail before any work
@@ -389,7 +389,7 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     threads : int, optional
         Limit torch and the BLAS/OpenMP pools of numpy and scikit-learn to this many threads
         while probing (restored afterwards). On a CPU shared with other jobs, 1 is often several
-        times faster than oversubscribed threads. None leaves them as they are (quick: 1 on a busy CPU, all on an idle one).
+        times faster than oversubscribed threads. None leaves them as they are (quick: 1).
     n_jobs : int, optional
         Processes for the random forest.
     out_dir : str or Path, optional

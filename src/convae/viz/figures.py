@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..features import extract_features, prepare_data
 from ..features.layers import separate_layers
 from ..runs import as_run
-from ..runtime import small_work_threads, thread_limit
+from ..runtime import thread_limit
 from .plots import mosaic_axes, plot_mosaic, save_figure
 from .units import (crop_receptive_field, float_images, layer_outputs, maximize_activation, model_device, plot_maximized,
                     plot_top_patches, sample_images, top_patches)
@@ -432,7 +432,7 @@ def render(run, kind: str, *, layers=None, out_dir=None, data=None, others=(), n
     out = Path(out_dir) if out_dir is not None else Path(run.path) / "viz"
     kinds = KINDS if kind == "all" else (kind,)
     paths = []
-    with thread_limit(small_work_threads()):  # small batches: on a busy CPU one thread is faster than two waiting on each other
+    with thread_limit(1):  # small batches: on a busy CPU one thread is faster than two waiting on each other
         for k in kinds:
             for name, fig in figures(run, k, layers=layers, data=data, others=others, n=n, seed=seed, traverse=traverse,
                                      method=method).items():

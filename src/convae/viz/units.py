@@ -15,7 +15,7 @@ from torch import nn
 from .plots import plot_mosaic
 from ..data import to_float
 from ..errors import ConfigError
-from ..runtime import small_work_threads, thread_limit
+from ..runtime import thread_limit
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -151,14 +151,14 @@ def maximize_activation(model: nn.Module, layer, channels=None, *, max_channels:
     was = model.training
     model.eval()
     try:
-        with thread_limit(small_work_threads()):
+        with thread_limit(1):
             brightness = torch.linspace(-1.5, 1.5, restarts).repeat_interleave(n).view(-1, 1, 1, 1) if restarts > 1 else torch.zeros(n, 1, 1, 1)
             p = torch.randn(restarts * n, c, h, w, generator=gen) + brightness
             if starts is not None:
                 with torch.no_grad():
                     images = float_images(starts).to(dev)
-                    acts = torch.stack([_unit_activation(model.forward_intermediates(images, [info.name])[info.name].float(),
-                                                         torch.full((len(images),), ch, device=dev)) for ch in channels])  # (n, N)
+                    maps = model.forward_intermediates(images, [info.name])[info.name].float()  # one pass for every channel
+                    acts = torch.stack([_unit_activation(maps, torch.full((len(images),), ch, device=dev)) for ch in channels])  # (n, N)
                     chosen = images[acts.argmax(1)].cpu()
                 p = torch.cat([p, torch.logit(chosen.clamp(0.02, 0.98))])
             # the starts (the data images unclamped) stay candidates: ascent under the penalties can end lower
