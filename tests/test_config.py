@@ -233,3 +233,13 @@ def test_a_time_budget_or_max_steps_given_alone_replaces_the_default_length():
     assert total_steps(TrainConfig(time_budget="5m", planned_steps=900), 54_000) == 900
     assert "557 steps" in TrainConfig().describe_length()
     assert TrainConfig(epochs=3).describe_length() == "train.epochs=3"
+
+
+def test_the_fcae_keeps_ten_epochs_as_its_default_length_and_config_json_says_so():
+    from convae.config import RunConfig, apply_overrides, resolve_length
+
+    dense = resolve_length(apply_overrides(RunConfig(), ["model.kind=dense"]))
+    assert dense.train.epochs == 10 and dense.train.step_cap is None  # 557 steps would be 1.3 epochs of a cheap model
+    assert resolve_length(RunConfig()).train.epochs is None  # the ConvAE keeps the 557-step default
+    assert resolve_length(apply_overrides(RunConfig(), ["model.kind=dense", "train.epochs=3"])).train.epochs == 3
+    assert resolve_length(apply_overrides(RunConfig(), ["model.kind=dense", "train.max_steps=50"])).train.epochs is None

@@ -43,7 +43,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .config import ModelConfig, RunConfig, TrainConfig, set_value, validate
+from .config import ModelConfig, RunConfig, TrainConfig, resolve_length, set_value, validate
 from .data import as_images, convert_images, load_image_files
 from .errors import DataError
 from .features import extract_features, feature_layout, feature_names, parse_pool, run_precision
@@ -203,6 +203,7 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         layers = model.resolve_layers(self.layers)
         pooling = resolve_pool(model, layers, self.pool)
         feature_layout(model, layers, pooling)  # bad layers or pooling fail before training
+        resolve_length(cfg)  # the FCAE's default length is 10 epochs
         train_idx, val_idx = split_indices(len(images), cfg.train.val_fraction, cfg.train.seed)
         if cfg.train.time_budget is not None and cfg.train.planned_steps is None:  # fit within the budget on this machine
             cfg.train.planned_steps = plan_to_budget(model, as_dataset(images), cfg.train, train_idx, val_idx)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import distributed, runs
-from ..config import RunConfig
+from ..config import RunConfig, resolve_length
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError, RunError
 from ..models import build_from_config
@@ -90,6 +90,8 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
 def _train_run(config: RunConfig, run_path: Path | None, resume_state: dict | None, dataset: ImageDataset | None, progress: bool,
                ctx: distributed.DistContext | None) -> TrainResult:
     resume = resume_state is not None
+    if not resume:
+        resolve_length(config)  # the FCAE's default length is 10 epochs
     data = dataset if dataset is not None else load_training_data(config)  # data.py reports skipped files
     in_shape = data.shape
     torch.manual_seed(config.train.seed)  # initial weights come from the seed too
