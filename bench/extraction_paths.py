@@ -91,15 +91,6 @@ def encoder_flops_per_image(model, batch: int = DEFAULT_BATCH) -> float:
     return counter.get_total_flops() / batch
 
 
-def training_flops_per_image(model, batch: int = 8) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.rand(batch, *SHAPE)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return 3 * counter.get_total_flops() / batch
-
-
 # --- the paths ---------------------------------------------------------------------------------------------------
 def manual(model, images: torch.Tensor, batch_size: int, *, inference: bool, channels_last: bool) -> np.ndarray:
     """Batches of uint8 images -> float [0, 1] -> encoder up to stage3 -> stage2 + stage3 flattened, float32."""
@@ -220,10 +211,6 @@ def add_roofline(results: dict, flops: dict, peaks: dict) -> None:
                 r[f"{clock}_share_of_bf16_peak"] = round(gflops / peaks["bf16"][clock], 4)
 
 
-def peak(dtype, seconds: float) -> dict:
-    return gemm_peak(dtype, seconds=seconds)
-
-
 def run(n_images: int, repeats: int, train_images: int, thread_count: int | None, quick: bool, log=print) -> dict:
     from convae.runtime import cpu_has_fast_bf16
 
@@ -239,12 +226,12 @@ def run(n_images: int, repeats: int, train_images: int, thread_count: int | None
         log(f"{n_images:,} images, {repeats} repeat(s), {used} threads, training on {train_images:,} images, fast bf16: {fast_bf16}")
         model = default_model(images)
         paths = Paths(model)
-        flops = {"extraction": encoder_flops_per_image(model), "training": training_flops_per_image(model)}
+        flops = {"extraction": encoder_flops_per_image(model), "training": 3 * model.flops_per_image()}  # bench_training.py's convention: 3 x the forward
         check = images[:min(512, max(128, n_images // 4))]  # warm-up and the parity check against ``plain``
         reference = manual(model, check, DEFAULT_BATCH, inference=False, channels_last=False)
-        peaks_before = {"fp32": peak(torch.float32, peak_seconds)}
+        peaks_before = {"fp32": gemm_peak(torch.float32, seconds=peak_seconds)}
         if fast_bf16:
-            peaks_before["bf16"] = peak(torch.bfloat16, peak_seconds)
+            peaks_before["bf16"] = gemm_peak(torch.bfloat16, seconds=peak_seconds)
         t0 = time.perf_counter()
 
         log("phase 1: one step at a time, batch 128")
@@ -269,9 +256,9 @@ def run(n_images: int, repeats: int, train_images: int, thread_count: int | None
         phase3 = measure_phase(phase3_rows, paths, images, train_data, repeats, reference, check, log)
         seconds = time.perf_counter() - t0
 
-        peaks_after = {"fp32": peak(torch.float32, peak_seconds)}
+        peaks_after = {"fp32": gemm_peak(torch.float32, seconds=peak_seconds)}
         if fast_bf16:
-            peaks_after["bf16"] = peak(torch.bfloat16, peak_seconds)
+            peaks_after["bf16"] = gemm_peak(torch.bfloat16, seconds=peak_seconds)
     peaks = {p: {clock: max(peaks_before[p][f"{clock}_gflops"], peaks_after[p][f"{clock}_gflops"]) for clock in ("wall", "cpu")}
              for p in peaks_before}
     for phase in (phase1, phase2, phase3):

@@ -82,7 +82,7 @@ def recipe_rows(tag: str) -> dict | None:
     m = record.get("machine")
     where = f"{m['cpu']}, {m['precision']}" if m else "an AMX machine, bf16"
     return {"recipe": DEFAULT_RECIPE, "tag": tag, "train_seconds": record["train_seconds"], "epochs": record["epochs"],
-            "steps": record.get("max_steps"), "tflop": record_tflop(record), "rows": pick, "when": record.get("when"), "where": where}
+            "tflop": record_tflop(record), "rows": pick, "when": record.get("when"), "where": where}
 
 
 def table() -> str:

@@ -86,14 +86,6 @@ def autocast(precision: str, device: torch.device):
 _warned_cpu_busy = False  # warn_if_cpu_busy speaks once per process (compare trains 7 to 9 models)
 
 
-def _load_and_cores() -> tuple[float, int] | None:
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-    return load, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def warn_if_cpu_busy() -> None:
     """Log, once per process, when other processes keep every core busy: torch's threads then wait for each other at each op.
 
@@ -102,10 +94,11 @@ def warn_if_cpu_busy() -> None:
     global _warned_cpu_busy
     if _warned_cpu_busy:
         return
-    found = _load_and_cores()
-    if found is None:
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
         return
-    load, cores = found
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = torch.get_num_threads()
     if threads > 1 and load > cores:
         _warned_cpu_busy = True
