@@ -4,6 +4,9 @@ import csv
 import io
 import json
 
+import logging
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +100,54 @@ def test_every_classifier_runs_on_the_best_layer(runs, tmp_path):
         assert {r["classifier"]: r["n_train"] for r in result.records if r["feature_set"] == name} == {
             "logreg": 100, "linear_svc": 100, "rbf_svc": 60, "random_forest": 100, "mlp": 100}
     assert "RandomForest" in format_table(result) and "RBF SVC 60" in format_table(result)
+
+
+PROGRESS_PROBE = dict(layers=["bottleneck"], baselines=["raw"], classifiers=["logreg", "linear_svc"], labels_per_class=[5],
+                      seeds=[0], train_limit=200, cv_folds=2, write=False)
+
+
+def probe_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "convae.progress" and r.getMessage().startswith("probe: ")]
+
+
+def test_probe_progress_logs_a_line_per_classifier_fit_naming_the_set_and_classifier(runs, monkeypatch, caplog):
+    conv, _ = runs
+    monkeypatch.setattr("convae.progress._is_terminal", lambda stream: False)  # log mode, as under CI or `| tee`
+    monkeypatch.setenv("CONVAE_PROGRESS_INTERVAL", "0")  # a line at every fit
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        result = probe(conv, "digits", progress=True, **PROGRESS_PROBE)
+    lines = probe_lines(caplog)
+    n = len(result.records)  # 2 sets scanned, linear_svc on both, 5 labels per class on both
+    assert n == 6 and len(lines) == n, lines
+    assert lines[0].startswith("probe: 1/6 fit (17%) stage=layers set=convae:bottleneck clf=logreg | ")
+    assert any(" stage=classifiers set=raw clf=linear_svc | " in line for line in lines), lines
+    assert lines[-1].startswith("probe: 6/6 fit (100%) stage=labels set=raw clf=logreg labels=5/class | "), lines
+    quiet = probe(conv, "digits", progress=False, **PROGRESS_PROBE)  # the display changes no result
+    assert [{**r, "fit_seconds": 0} for r in result.records] == [{**r, "fit_seconds": 0} for r in quiet.records]
+
+
+def test_probe_progress_beats_while_one_fit_runs_long(runs, monkeypatch, caplog):
+    import convae.analysis.probe as probe_module
+
+    conv, _ = runs
+    fits = []
+
+    def slow_first_fit(*args, **kwargs):  # the first fit runs long, as an SVM on 60,000 images does
+        if not fits:
+            time.sleep(0.6)
+        fits.append(args[1])
+        return evaluate_set(*args, **kwargs)
+
+    evaluate_set = probe_module.evaluate_set
+    monkeypatch.setattr(probe_module, "evaluate_set", slow_first_fit)
+    monkeypatch.setattr("convae.progress._is_terminal", lambda stream: False)
+    monkeypatch.setenv("CONVAE_PROGRESS_INTERVAL", "0.1")
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        probe(conv, "digits", progress=True, **PROGRESS_PROBE)
+    lines = probe_lines(caplog)
+    waiting = [line for line in lines if line.startswith("probe: 0/6 fit (0%) stage=layers set=convae:bottleneck clf=logreg | ")]
+    assert len(waiting) >= 3, lines  # no fit ended, yet a line every interval
+    assert len(fits) == 6 and lines[-1].startswith("probe: 6/6 fit (100%)"), lines
 
 
 def test_transfer_to_a_dataset_of_another_size_and_channel_count_with_its_test_split(runs, rgb_npz, tmp_path):

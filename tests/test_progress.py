@@ -5,6 +5,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -82,6 +84,53 @@ def test_disabled_shows_nothing(caplog):
             with Progress(5, enabled=False, interval=0, file=file) as bar:
                 bar.update(5)
     assert progress_lines(caplog) == [] and stream.getvalue() == ""
+
+
+def heartbeats() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("convae-progress")]  # not tqdm's own monitor
+
+
+def test_a_heartbeat_logs_while_no_update_comes_and_stops_at_close(caplog):
+    assert heartbeats() == []
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        bar = Progress(12, desc="probe", unit="fit", interval=0.05, file=io.StringIO(), heartbeat=True)
+        (beat,) = heartbeats()  # one thread, and a daemon: it never holds the process open
+        assert beat.daemon and beat.is_alive()
+        bar.set_postfix(set="convae:stage2/avg2", clf="rbf_svc")
+        time.sleep(0.6)  # one long step: no update at all
+        during = progress_lines(caplog)
+        bar.close()
+        assert not beat.is_alive()  # joined by close()
+        closed = len(progress_lines(caplog))
+        time.sleep(0.3)
+    lines = progress_lines(caplog)
+    assert len(during) >= 3, during
+    assert all(line.startswith("probe: 0/12 fit (0%) set=convae:stage2/avg2 clf=rbf_svc | ? fit/s, ") for line in lines), lines
+    assert len(lines) == closed  # nothing after close()
+
+
+def test_a_heartbeat_counts_from_the_last_line_and_updates_still_log(caplog):
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        with Progress(3, desc="probe", unit="fit", interval=3600, file=io.StringIO(), heartbeat=True) as bar:
+            for _ in range(3):
+                bar.update(1)
+            time.sleep(0.2)  # an interval of an hour: no heartbeat yet
+            assert progress_lines(caplog) == []
+    lines = progress_lines(caplog)
+    assert len(lines) == 1 and lines[0].startswith("probe: 3/3 fit (100%) | ")
+
+
+def test_no_heartbeat_thread_for_a_bar_when_disabled_or_with_interval_zero(caplog):
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        bars = [Progress(2, interval=0.05, file=Terminal(), heartbeat=True),  # a bar draws itself
+                Progress(2, interval=0.05, enabled=False, file=io.StringIO(), heartbeat=True),
+                Progress(2, interval=0, file=io.StringIO(), heartbeat=True)]  # 0: every update logs, no thread to spin
+        assert [bar.mode for bar in bars] == ["bar", "off", "log"]
+        assert heartbeats() == []
+        time.sleep(0.2)
+        assert progress_lines(caplog) == []
+        for bar in bars:
+            bar.close()
 
 
 def test_interval_comes_from_the_environment(monkeypatch, caplog):

@@ -19,6 +19,16 @@ them once it enables that logger (``logging.basicConfig(level=logging.INFO)`` or
 
 ``interval`` defaults to the environment variable ``CONVAE_PROGRESS_INTERVAL`` (seconds; ``0``
 logs every update), else 30.
+
+``heartbeat=True`` (log mode only) adds a line every ``interval`` seconds even when no update comes,
+for work whose single steps can each run for minutes (the probe's classifier fits): a daemon thread
+logs the current line whenever ``interval`` seconds have passed since the last one, so the time
+spent keeps moving while one step runs::
+
+      probe: 3/12 fit (25%) stage=classifiers set=convae:stage2/avg2 clf=rbf_svc | 0.02 fit/s, 2:30 elapsed, 7:00 left
+
+:meth:`Progress.close` stops and joins it; call it (or use the ``with`` form). No thread with
+``interval`` 0 (every update already logs), for a bar, or when disabled.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from typing import IO
 
@@ -94,11 +105,13 @@ class Progress:
     at construction) is a terminal or in a Jupyter kernel, else log lines (see the module
     docstring) at most every ``interval`` seconds (default :func:`default_interval`). ``initial``
     units were done before (a resumed run): the rate and the time left count only the new ones.
+    ``heartbeat=True``: in log mode with ``interval`` > 0, also a line every ``interval`` seconds
+    without updates, from a background thread that :meth:`close` stops (see the module docstring).
     Also a context manager; :meth:`close` may be called more than once.
     """
 
     def __init__(self, total: int | None = None, *, desc: str = "", unit: str = "it", initial: int = 0, enabled: bool = True,
-                 interval: float | None = None, file: IO[str] | None = None):
+                 interval: float | None = None, file: IO[str] | None = None, heartbeat: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
         self.n = self.initial = int(initial)
         self.interval = default_interval() if interval is None else max(float(interval), 0.0)
@@ -107,6 +120,9 @@ class Progress:
         self._closed = False
         self._start = self._last_time = time.monotonic()
         self._last_line: tuple | None = None  # (n, postfix) of the last line logged
+        self._lock = threading.Lock()  # one line at a time, from the caller or the heartbeat
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         file = sys.stderr if file is None else file
         if not enabled:
             self.mode = "off"
@@ -116,6 +132,9 @@ class Progress:
                              leave=False)
         else:
             self.mode = "log"
+            if heartbeat and self.interval > 0:
+                self._heartbeat = threading.Thread(target=self._beat, name=f"convae-progress {desc}".strip(), daemon=True)
+                self._heartbeat.start()
 
     # --- the interface -------------------------------------------------------------------------------
     def update(self, n: int = 1) -> None:
@@ -138,9 +157,13 @@ class Progress:
             self._log()
 
     def close(self) -> None:
-        """Remove the bar, or log the final line (unless the last one said the same)."""
+        """Stop the heartbeat, then remove the bar or log the final line (unless the last one said the same)."""
         if self._closed:
             return
+        if self._heartbeat is not None:
+            self._stop.set()
+            self._heartbeat.join()
+            self._heartbeat = None
         if self._bar is not None:
             self._bar.close()
         else:
@@ -177,10 +200,17 @@ class Progress:
         return "".join(parts) + " | " + ", ".join(tail)
 
     def _log(self) -> None:
-        self._last_time = time.monotonic()
-        self._last_line = self._state()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("%s", self.line())
+        with self._lock:
+            self._last_time = time.monotonic()
+            self._last_line = self._state()
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s", self.line())
+
+    def _beat(self) -> None:
+        """The heartbeat thread: a line whenever ``interval`` seconds passed since the last one, until close()."""
+        while not self._stop.wait(max(self._last_time + self.interval - time.monotonic(), 0.01)):  # never a busy loop
+            if time.monotonic() - self._last_time >= self.interval:
+                self._log()
 
 
 __all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "Progress", "default_interval", "format_rate", "format_seconds"]

@@ -64,6 +64,7 @@ from ..data.specs import parse_spec
 from ..errors import ConfigError, DataError
 from ..features import parse_pool, prepare_data, resolve_groups, run_precision
 from ..models import build_from_config
+from ..progress import Progress
 from ..runs import Run, as_run
 from ..runtime import resolve_device, thread_limit
 from .classifiers import CLASSIFIERS, evaluate_set, stratified_sample
@@ -284,44 +285,68 @@ def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list,
 
 
 # --- the three stages -------------------------------------------------------------------------------------
-def scan_layers(sets: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict) -> None:
+# Each stage takes the probe's Progress (``bar``; None: no display): the feature set and classifier before
+# each evaluate_set, one "fit" after it, and the heartbeat's lines while a single fit runs for minutes.
+def _no_bar(bar: Progress | None) -> Progress:
+    return bar if bar is not None else Progress(enabled=False, interval=0)
+
+
+def scan_layers(sets: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict,
+                bar: Progress | None = None) -> None:
     """Stage 1: the scan classifier on every feature set, all labels (every classifier when there is no scan classifier)."""
+    bar = _no_bar(bar)
     for fs in sets:
         for clf in st.scan:
+            bar.set_postfix(stage="layers", set=fs.name, clf=clf)
             record = evaluate_set(fs, clf, labels_per_class=None, seeds=st.seeds[:1], stage="layers", **common)
+            bar.update(1)
             records.append(record)
             by_set.setdefault(fs.name, {})[clf] = record
             logger.info("%s %s: %.4f", fs.name, clf, record["accuracy"])
 
 
+def _best_candidates(sets: list[FeatureSet], family: str) -> list[list[FeatureSet]]:
+    """The sets :func:`best_sets` picks one from, per pick: each encoder family's sets, then each baseline set alone."""
+    groups = [[fs for fs in sets if fs.family == fam] for fam in (family, "untrained", "fcae")]
+    return [g for g in groups if g] + [[fs] for fs in sets if fs.family in ("raw", "pca", *HAND_DESIGNED)]  # one set each
+
+
 def best_sets(sets: list[FeatureSet], family: str, first: str, by_set: dict) -> list[FeatureSet]:
     """The best scanned set of each encoder family, then raw pixels, the honest PCA and the hand-designed baselines."""
-    best: list[FeatureSet] = []
-    for fam in (family, "untrained", "fcae"):
-        candidates = [fs for fs in sets if fs.family == fam]
-        if candidates:
-            best.append(max(candidates, key=lambda fs: by_set[fs.name][first]["accuracy"]))
-    best += [fs for fs in sets if fs.family in ("raw", "pca", *HAND_DESIGNED)]  # one set each
-    return best
+    return [max(candidates, key=lambda fs: by_set[fs.name][first]["accuracy"]) for candidates in _best_candidates(sets, family)]
 
 
-def every_classifier(best: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict) -> None:
+def planned_fits(sets: list[FeatureSet], family: str, st: ProbeSettings, counts: list[int]) -> int:
+    """How many evaluate_set calls the three stages make (known before stage 1: the number of best sets is)."""
+    n_best = len(_best_candidates(sets, family))
+    extra = len(dict.fromkeys(c for c in st.classifiers if c not in st.scan))  # stage 2 skips what stage 1 scored
+    return len(sets) * len(st.scan) + n_best * (extra + len(counts))
+
+
+def every_classifier(best: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict,
+                     bar: Progress | None = None) -> None:
     """Stage 2: every classifier on the best sets."""
+    bar = _no_bar(bar)
     for fs in best:
         for clf in st.classifiers:
             if clf not in by_set.get(fs.name, {}):
+                bar.set_postfix(stage="classifiers", set=fs.name, clf=clf)
                 record = evaluate_set(fs, clf, labels_per_class=None, seeds=st.seeds[:1], stage="classifiers", **common)
+                bar.update(1)
                 records.append(record)
                 by_set[fs.name][clf] = record
                 logger.info("%s %s: %.4f (%.0f s)", fs.name, clf, record["accuracy"], record["fit_seconds"])
 
 
 def label_efficiency(best: list[FeatureSet], counts: list[int], first: str, st: ProbeSettings, common: dict,
-                     records: list[dict]) -> None:
+                     records: list[dict], bar: Progress | None = None) -> None:
     """Stage 3: the scan classifier on the best sets with ``counts`` labels per class, over every seed."""
+    bar = _no_bar(bar)
     for fs in best:
         for k in counts:
+            bar.set_postfix(stage="labels", set=fs.name, clf=first, labels=f"{k}/class")
             records.append(evaluate_set(fs, first, labels_per_class=k, seeds=st.seeds, stage="labels", **common))
+            bar.update(1)
             logger.info("%s %s, %d labels per class: %.4f", fs.name, first, k, records[-1]["accuracy"])
 
 
@@ -395,6 +420,10 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
     out_dir : str or Path, optional
         Where probe.json, probe.csv and probe.md go (default: the run directory); ``write=False``
         writes nothing.
+    progress : bool, default False
+        Show progress (:class:`convae.progress.Progress`): of each feature extraction, and of the
+        classifier fits of the three stages as one count (``probe: 3/12 fit ... set=... clf=...``),
+        where stderr is no terminal a line at least every interval even while one fit runs.
 
     Returns
     -------
@@ -435,13 +464,17 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         common = dict(labels=labels, folds=folds, n_jobs=n_jobs, protocol=protocol, limits=st.classifier_limits)
         records: list[dict] = []
         by_set: dict[str, dict[str, dict]] = {}
-        scan_layers(sets, st, common, records, by_set)
-        first = st.scan[0]
-        best = best_sets(sets, family, first, by_set)
-        every_classifier(best, st, common, records, by_set)
         train_counts = [np.bincount(labels[train]) for train, _ in folds]
         counts = [k for k in st.labels_per_class if any((c > k).any() for c in train_counts)]
-        label_efficiency(best, counts, first, st, common, records)
+        first = st.scan[0]
+        # one display for the three stages: a single fit (an SVM on 60,000 images) can take minutes, so where
+        # stderr is no terminal the heartbeat logs a line every interval even while no fit ends
+        with Progress(planned_fits(sets, family, st, counts), desc="probe", unit="fit", enabled=progress,
+                      heartbeat=True) as bar:
+            scan_layers(sets, st, common, records, by_set, bar)
+            best = best_sets(sets, family, first, by_set)
+            every_classifier(best, st, common, records, by_set, bar)
+            label_efficiency(best, counts, first, st, common, records, bar)
 
         meta = {
             "run": str(run.path), "weights_sha256": run.weights_sha256, "model_kind": run.config.model.kind,
