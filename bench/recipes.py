@@ -529,7 +529,8 @@ def screen_points() -> list[dict]:
         m = rec.get("machine", {})
         out.append({"recipe": rec["recipe"], "tag": rec["tag"], "mflop": rec["flops_per_image"] / 1e6, "tflop": rec["train_tflop"],
                     "minutes": rec["train_seconds"] / 60, "overrides": ", ".join(rec.get("overrides", [])) or "-",
-                    "features": top["features"], "trained": 100 * top["accuracy"], "cpu": m.get("cpu", "?"),
+                    "features": top["features"] + ("" if top.get("post", "none") == "none" else f", {top['post']}"),
+                    "trained": 100 * top["accuracy"], "cpu": m.get("cpu", "?"),
                     "precision": m.get("precision", "?"), "threads": m.get("threads", "?")})
     return sorted(out, key=lambda p: (p["tflop"], -p["trained"]))
 

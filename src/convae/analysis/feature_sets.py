@@ -11,6 +11,7 @@ import torch
 
 from ..errors import ConfigError
 from ..features import feature_layout, iter_batches, iter_layer_outputs, pool_outputs
+from ..runtime import thread_limit
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ def middle_layer(model) -> str:
 
 
 def encoder_sets(family: str, model, groups: list[list[str]], pools: list, images: list, *, batch_size: int, precision: str,
-                  progress: bool, skipped: list[str]) -> list[FeatureSet]:
-    """Feature sets of one encoder: one pass over the images computes every layer and pooling."""
+                  progress: bool, skipped: list[str], threads: int | None = None) -> list[FeatureSet]:
+    """Feature sets of one encoder: one pass over the images computes every layer and pooling, on ``threads``
+    torch threads (None: as they are)."""
     plan = []  # (group, pooling, label) for each distinct set
     seen = set()
     for group in groups:
@@ -74,13 +76,14 @@ def encoder_sets(family: str, model, groups: list[list[str]], pools: list, image
     widths = [sum(k for _, k in feature_layout(model, group, pooling)) for group, pooling, _ in plan]
     matrices = [np.empty((sum(len(d) for d in images), w), np.float32) for w in widths]
     row = 0
-    for data in images:  # one forward pass per batch serves every layer and pooling
-        for out in iter_layer_outputs(model, data, wanted, batch_size=batch_size, precision=precision, convert=True,
-                                      progress=progress, desc=f"{family} features"):
-            b = next(iter(out.values())).shape[0]
-            for matrix, (group, pooling, _) in zip(matrices, plan):
-                matrix[row:row + b] = pool_outputs(out, group, pooling).cpu().numpy()
-            row += b
+    with thread_limit(threads):
+        for data in images:  # one forward pass per batch serves every layer and pooling
+            for out in iter_layer_outputs(model, data, wanted, batch_size=batch_size, precision=precision, convert=True,
+                                          progress=progress, desc=f"{family} features"):
+                b = next(iter(out.values())).shape[0]
+                for matrix, (group, pooling, _) in zip(matrices, plan):
+                    matrix[row:row + b] = pool_outputs(out, group, pooling).cpu().numpy()
+                row += b
     return [FeatureSet(family, "+".join(group), label, w, (lambda fold, m=m: m)) for (group, _, label), w, m in zip(plan, widths, matrices)]
 
 

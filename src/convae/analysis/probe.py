@@ -39,8 +39,9 @@ feature sets (:mod:`convae.analysis.feature_sets`), the three stages (scored by
 :mod:`convae.analysis.classifiers`), and the files (tables by :mod:`convae.analysis.tables`).
 
 ``quick=True`` keeps stage 1 on a middle layer and the bottleneck, logistic regression only,
-100 labels per class with one seed, 10,000 training images and one thread (two were slower even on the
-idle 2-core EPYC of issue 15's session: the demo's quick probe and report took longer): on Fashion-MNIST
+100 labels per class with one seed, 10,000 training images and one thread for the classifiers (two were
+slower even on the idle 2-core EPYC of issue 15's session), while the encoders' forward passes keep the
+process's threads (the demo's quick probe in fp32 there: 137 s with everything on one thread, 100 s so): on Fashion-MNIST
 (ConvAE and FCAE runs, 10,000 test images) 21 s on the project's idle 2-core CPU and 57 s while
 other jobs shared it; left with the default threads on the shared CPU it took 18 minutes. The results go to ``probe.json`` (one record per feature set x
 classifier x label count), ``probe.csv`` and ``probe.md`` in the run directory.
@@ -434,6 +435,9 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
                                labels_per_class=labels_per_class, seeds=seeds, train_limit=train_limit,
                                classifier_limits=classifier_limits, threads=threads, quick=quick, hog=hog, scattering=scattering)
     image_size = parse_image_size(image_size)  # a bad size fails here, before any work
+    # The encoders' forward passes run on the threads asked for, else on those the process has: big batched
+    # convolutions gain from every core, where quick mode's many small fits run faster on one (st.threads)
+    extract_threads = threads or torch.get_num_threads()
     with thread_limit(st.threads):
         t_start = time.perf_counter()
         run = as_run(run)
@@ -456,7 +460,7 @@ def probe(run, data=None, *, test_data=None, layers=None, pool="avg2", classifie
         folds, protocol = make_folds(labels, n_train, test_data is not None, cv_folds, st.seeds[0])
 
         skipped: list[str] = []
-        extract = dict(batch_size=batch_size, precision=prec, progress=progress, skipped=skipped)
+        extract = dict(batch_size=batch_size, precision=prec, progress=progress, skipped=skipped, threads=extract_threads)
         sets, family, fcae_info, baseline_params = build_feature_sets(run, model, groups, st, images, labels, folds, fcae=fcae,
                                                                       dev=dev, precision=precision, extract=extract, skipped=skipped)
         t_features = time.perf_counter() - t_start
