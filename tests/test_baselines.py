@@ -97,3 +97,21 @@ def test_honest_pca_chooses_its_dimension_without_the_test_labels():
     X = fs.matrix(0)
     assert X.shape == (n, 20) and np.isclose(X[:300].var(axis=0).mean(), 1.0, rtol=0.05)  # one global scale
     assert X[:300, 0].var() > 3 * X[:300, -1].var()  # not whitened: the leading component keeps more variance
+
+
+def test_hand_designed_features_show_no_progress_when_asked(caplog, monkeypatch):
+    """The probe's -q reaches the HOG and scattering passes: progress=False logs no progress line."""
+    import logging
+
+    import convae.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "_is_terminal", lambda stream: False)  # log mode, even under pytest -s
+    monkeypatch.setenv("CONVAE_PROGRESS_INTERVAL", "0")
+    data = images(4, 1, 28, 28)
+    params = default_params("hog", (1, 28, 28))
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        hog_features(data, params, progress=False)
+    assert not [r for r in caplog.records if r.name == "convae.progress"]
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        hog_features(data, params)
+    assert [r for r in caplog.records if r.name == "convae.progress" and "hog" in r.getMessage()]

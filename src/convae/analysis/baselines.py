@@ -98,12 +98,12 @@ def _float_batch(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
 
 
-def hog_features(data, params: dict, *, desc: str = "hog") -> np.ndarray:
+def hog_features(data, params: dict, *, desc: str = "hog", progress: bool = True) -> np.ndarray:
     """HOG of every image of ``data`` (ImageDataset or N×C×H×W tensor): float32 (N, D)."""
     from skimage.feature import hog
 
     rows = []
-    with Progress(len(data), desc=desc, unit="img") as progress:
+    with Progress(len(data), desc=desc, unit="img", enabled=progress) as bar:
         for batch in iter_batches(data, 512):
             x = _float_batch(batch).numpy()  # (B, C, H, W) in [0, 1]
             for image in x:
@@ -114,22 +114,23 @@ def hog_features(data, params: dict, *, desc: str = "hog") -> np.ndarray:
                     rows.append(hog(image, orientations=params["orientations"], pixels_per_cell=(params["cell"],) * 2,
                                     cells_per_block=(params["block"],) * 2, block_norm="L2-Hys", feature_vector=True,
                                     channel_axis=0))
-            progress.update(len(x))
+            bar.update(len(x))
     return np.asarray(rows, dtype=np.float32)
 
 
-def scattering_features(data, params: dict, *, batch_size: int = 256, desc: str = "scattering") -> np.ndarray:
+def scattering_features(data, params: dict, *, batch_size: int = 256, desc: str = "scattering",
+                        progress: bool = True) -> np.ndarray:
     """Scattering coefficients of every image of ``data``, channel by channel: float32 (N, C * K * h * w)."""
     from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
     h, w = (int(v) for v in tuple(data.shape)[-2:])  # ImageDataset.shape is (C, H, W), a tensor's (N, C, H, W)
     transform = ScatteringTorch2D(J=params["J"], shape=(h, w), L=params["L"], max_order=2)
     chunks = []
-    with Progress(len(data), desc=desc, unit="img") as progress, torch.inference_mode():
+    with Progress(len(data), desc=desc, unit="img", enabled=progress) as bar, torch.inference_mode():
         for batch in iter_batches(data, batch_size):
             out = transform(_float_batch(batch).contiguous())  # (B, C, K, h / 2^J, w / 2^J)
             chunks.append(out.flatten(1).numpy().astype(np.float32, copy=False))
-            progress.update(len(batch))
+            bar.update(len(batch))
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
@@ -155,8 +156,9 @@ def cache_key(method: str, params: dict, data) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def hand_designed_features(method: str, data, params: dict, *, cache: bool = True) -> np.ndarray:
-    """``method``'s features of ``data``, read from the cache when this dataset, split and parameters were done before."""
+def hand_designed_features(method: str, data, params: dict, *, cache: bool = True, progress: bool = True) -> np.ndarray:
+    """``method``'s features of ``data``, read from the cache when this dataset, split and parameters were done before
+    (``progress=False``: no progress display while they are computed)."""
     path = cache_root() / f"{method}-{cache_key(method, params, data)}.npy" if cache else None
     if path is not None and path.is_file():
         try:
@@ -167,7 +169,7 @@ def hand_designed_features(method: str, data, params: dict, *, cache: bool = Tru
         except (OSError, ValueError):
             pass  # a damaged cache file is computed again and replaced
     t0 = time.perf_counter()
-    features = EXTRACTORS[method](data, params)
+    features = EXTRACTORS[method](data, params, progress=progress)
     logger.info("%s features of %d images (%d values each) in %.1f s", method, len(data), features.shape[1], time.perf_counter() - t0)
     if path is not None:
         try:

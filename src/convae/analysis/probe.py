@@ -279,7 +279,7 @@ def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list,
             logger.warning("skipping the %s baseline: %s", method, reason)
             continue
         params = resolve_params(method, run.in_shape, st.baseline_params.get(method))
-        X = np.concatenate([hand_designed_features(method, d, params) for d in images])
+        X = np.concatenate([hand_designed_features(method, d, params, progress=extract["progress"]) for d in images])
         sets.append(FeatureSet(method, method, "-", X.shape[1], lambda fold, X=X: X))
         choices[method] = params
     return sets, family, fcae_info, choices
