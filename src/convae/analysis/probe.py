@@ -286,16 +286,11 @@ def build_feature_sets(run: Run, model, groups, st: ProbeSettings, images: list,
 
 
 # --- the three stages -------------------------------------------------------------------------------------
-# Each stage takes the probe's Progress (``bar``; None: no display): the feature set and classifier before
-# each evaluate_set, one "fit" after it, and the heartbeat's lines while a single fit runs for minutes.
-def _no_bar(bar: Progress | None) -> Progress:
-    return bar if bar is not None else Progress(enabled=False, interval=0)
-
-
+# Each stage takes the probe's Progress (``bar``, disabled when the probe shows none): the feature set and
+# classifier before each evaluate_set, one "fit" after it, and the heartbeat's lines while a single fit runs for minutes.
 def scan_layers(sets: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict,
-                bar: Progress | None = None) -> None:
+                bar: Progress) -> None:
     """Stage 1: the scan classifier on every feature set, all labels (every classifier when there is no scan classifier)."""
-    bar = _no_bar(bar)
     for fs in sets:
         for clf in st.scan:
             bar.set_postfix(stage="layers", set=fs.name, clf=clf)
@@ -325,9 +320,8 @@ def planned_fits(sets: list[FeatureSet], family: str, st: ProbeSettings, counts:
 
 
 def every_classifier(best: list[FeatureSet], st: ProbeSettings, common: dict, records: list[dict], by_set: dict,
-                     bar: Progress | None = None) -> None:
+                     bar: Progress) -> None:
     """Stage 2: every classifier on the best sets."""
-    bar = _no_bar(bar)
     for fs in best:
         for clf in st.classifiers:
             if clf not in by_set.get(fs.name, {}):
@@ -340,9 +334,8 @@ def every_classifier(best: list[FeatureSet], st: ProbeSettings, common: dict, re
 
 
 def label_efficiency(best: list[FeatureSet], counts: list[int], first: str, st: ProbeSettings, common: dict,
-                     records: list[dict], bar: Progress | None = None) -> None:
+                     records: list[dict], bar: Progress) -> None:
     """Stage 3: the scan classifier on the best sets with ``counts`` labels per class, over every seed."""
-    bar = _no_bar(bar)
     for fs in best:
         for k in counts:
             bar.set_postfix(stage="labels", set=fs.name, clf=first, labels=f"{k}/class")
