@@ -61,7 +61,7 @@ def machine_info() -> dict:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         mem_gib = None
-    from convae.runtime import cpu_has_fast_bf16
+    from convae.runtime import bf16_speedup, cpu_has_fast_bf16
 
     return {
         "cpu": _cpu_model(),
@@ -69,6 +69,8 @@ def machine_info() -> dict:
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
         "fast_bf16": cpu_has_fast_bf16(),
+        "bf16_speedup": bf16_speedup(),  # measured conv step, or CONVAE_BF16_SPEEDUP when given (below)
+        "bf16_speedup_given": os.environ.get("CONVAE_BF16_SPEEDUP"),
         "memory_gib": mem_gib,
         "torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__,
         "python": platform.python_version(),

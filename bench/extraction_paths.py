@@ -18,7 +18,7 @@ the conv before it, ``convae.models.fold_batchnorm``), and folding alone without
 ``convae.extract_features`` as shipped (fp32; it folds, in channels_last, under inference mode) and
 the same with folding turned off (what it did before folding). Phase 2: the fastest phase-1 manual
 path at batch 128, 256, 512 and 1024. Phase 3, side by side: ``extract_features`` at batch 128 and
-at the winning batch, in fp32 and (only where ``convae.runtime.cpu_has_fast_bf16()``) bf16; the
+at the winning batch, in fp32 and (only where the CPU has a native bf16 flag, ``convae.runtime.cpu_bf16_flags()``, fast or not) bf16; the
 winning manual path; and one epoch of training of the same default recipe on ``--train-images``
 images (``convae.training.train_model`` with a default ``TrainConfig``, as bench/bench_training.py's
 ``convae_epoch`` runs it) in fp32 and in bf16 where native. The extraction/training ratios come from
@@ -212,25 +212,25 @@ def add_roofline(results: dict, flops: dict, peaks: dict) -> None:
 
 
 def run(n_images: int, repeats: int, train_images: int, thread_count: int | None, quick: bool, log=print) -> dict:
-    from convae.runtime import cpu_has_fast_bf16
+    from convae.runtime import cpu_bf16_flags
 
     logging.getLogger("convae").setLevel(logging.ERROR)  # the busy-CPU warning would repeat every training trial
     info = machine_info()
     data = fashion("train").images
     images = data[:n_images].clone()  # (N, 1, 28, 28) uint8, in memory
     train_data = data[:train_images].clone()
-    fast_bf16 = cpu_has_fast_bf16()
+    native_bf16 = cpu_bf16_flags()  # measure bf16 wherever it is native, also where it is slower than fp32
     peak_seconds = 0.5 if quick else 1.5
     with threads(thread_count):
         used = torch.get_num_threads()
-        log(f"{n_images:,} images, {repeats} repeat(s), {used} threads, training on {train_images:,} images, fast bf16: {fast_bf16}")
+        log(f"{n_images:,} images, {repeats} repeat(s), {used} threads, training on {train_images:,} images, native bf16: {native_bf16}")
         model = default_model(images)
         paths = Paths(model)
         flops = {"extraction": encoder_flops_per_image(model), "training": 3 * model.flops_per_image()}  # bench_training.py's convention: 3 x the forward
         check = images[:min(512, max(128, n_images // 4))]  # warm-up and the parity check against ``plain``
         reference = manual(model, check, DEFAULT_BATCH, inference=False, channels_last=False)
         peaks_before = {"fp32": gemm_peak(torch.float32, seconds=peak_seconds)}
-        if fast_bf16:
+        if native_bf16:
             peaks_before["bf16"] = gemm_peak(torch.bfloat16, seconds=peak_seconds)
         t0 = time.perf_counter()
 
@@ -248,16 +248,16 @@ def run(n_images: int, repeats: int, train_images: int, thread_count: int | None
         log(f"phase 3: side by side with training (best batch {best_batch})")
         batches = sorted({DEFAULT_BATCH, best_batch})
         phase3_rows = [("extract_features_fp32", bs, "extract") for bs in batches]
-        if fast_bf16:
+        if native_bf16:
             phase3_rows += [("extract_features_bf16", bs, "extract") for bs in batches]
         phase3_rows += [(best_path, best_batch, "extract"), ("train_fp32", DEFAULT_BATCH, "train")]
-        if fast_bf16:
+        if native_bf16:
             phase3_rows.append(("train_bf16", DEFAULT_BATCH, "train"))
         phase3 = measure_phase(phase3_rows, paths, images, train_data, repeats, reference, check, log)
         seconds = time.perf_counter() - t0
 
         peaks_after = {"fp32": gemm_peak(torch.float32, seconds=peak_seconds)}
-        if fast_bf16:
+        if native_bf16:
             peaks_after["bf16"] = gemm_peak(torch.bfloat16, seconds=peak_seconds)
     peaks = {p: {clock: max(peaks_before[p][f"{clock}_gflops"], peaks_after[p][f"{clock}_gflops"]) for clock in ("wall", "cpu")}
              for p in peaks_before}
@@ -265,11 +265,11 @@ def run(n_images: int, repeats: int, train_images: int, thread_count: int | None
         add_roofline(phase, flops, peaks)
     return {"machine": info, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "threads": used, "images": n_images, "repeats": repeats,
             "train_images": train_images, "layers": LAYERS, "pool": "flatten", "n_features": int(reference.shape[1]),
-            "fast_bf16": fast_bf16, "flops_per_image": flops, "gemm_peak_gflops": peaks,
+            "native_bf16": native_bf16, "flops_per_image": flops, "gemm_peak_gflops": peaks,
             "gemm_peak_samples": {"before": peaks_before, "after": peaks_after},
             "phase1": phase1, "best_manual_path": best_path, "phase2": phase2, "best_batch_size": best_batch, "phase3": phase3,
             "gains": gains(phase1, phase2, phase3, best_path, best_batch),
-            "ratios": ratios(phase3, best_path, best_batch, fast_bf16),
+            "ratios": ratios(phase3, best_path, best_batch, native_bf16),
             "measure_seconds": round(seconds, 1), "load_average_end": load_average()}
 
 
@@ -292,7 +292,7 @@ def gains(phase1: dict, phase2: dict, phase3: dict, best_path: str, best_batch: 
     return out
 
 
-def ratios(phase3: dict, best_path: str, best_batch: int, fast_bf16: bool) -> dict:
+def ratios(phase3: dict, best_path: str, best_batch: int, native_bf16: bool) -> dict:
     """Extraction images/s over training images/s, all from phase 3."""
     def rate(key, clock):
         return phase3[key][f"median_{clock}_img_s"]
@@ -303,7 +303,7 @@ def ratios(phase3: dict, best_path: str, best_batch: int, fast_bf16: bool) -> di
         r = {f"extract_features_fp32_batch{bs}_over_train_fp32": round(rate(f"extract_features_fp32 batch={bs}", clock) / train32, 1)
              for bs in sorted({DEFAULT_BATCH, best_batch})}
         r["best_manual_over_train_fp32"] = round(rate(f"{best_path} batch={best_batch}", clock) / train32, 1)
-        if fast_bf16:
+        if native_bf16:
             train16 = rate(f"train_bf16 batch={DEFAULT_BATCH}", clock)
             for bs in sorted({DEFAULT_BATCH, best_batch}):
                 r[f"extract_features_bf16_batch{bs}_over_train_bf16"] = round(rate(f"extract_features_bf16 batch={bs}", clock) / train16, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -34,28 +35,99 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU runs bf16 matrix work natively (AMX or AVX-512-BF16).
+FAST_BF16 = 1.25  # bf16 autocast must make the probe's conv step at least this much faster for "auto" to pick it
 
-    Measured: on an AMD EPYC with AVX-512-BF16 and no AMX, the default model's training step in bf16
-    autocast took 0.51x the fp32 step's time; on AVX2-only CPUs bf16 is emulated and far slower.
-    """
+
+def cpu_bf16_flags() -> bool:
+    """True where the CPU says it runs bf16 matrix work natively (AMX or AVX-512-BF16)."""
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # older torch
         return False
 
 
+def _conv_step_seconds(dtype: torch.dtype | None, x: torch.Tensor, conv: torch.nn.Module) -> float:
+    """Seconds of one forward + backward of ``conv`` on ``x``, in bf16 autocast when ``dtype`` is given."""
+    start = time.perf_counter()
+    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with ctx:
+        out = conv(x)
+    out.float().sum().backward()
+    return time.perf_counter() - start
+
+
+def _measure_bf16_speedup() -> float:
+    """fp32 time over bf16-autocast time of a conv step shaped like the default model's second stage.
+
+    Alternating repeats, the median pair ratio: about 0.3 s at two threads. A flag is not enough: an
+    AMD EPYC with AVX-512-BF16 (no AMX) trained the default model 1.9x faster in bf16, while an Intel Xeon
+    with the same flags and no AMX trained it 0.72x as fast (docs/BENCHMARKS.md).
+    """
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(128, 128, 3, padding=1)).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 64, 14, 14, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
+        _conv_step_seconds(dtype, x, conv)
+    ratios = sorted(_conv_step_seconds(None, x, conv) / _conv_step_seconds(torch.bfloat16, x, conv) for _ in range(3))
+    return ratios[len(ratios) // 2]
+
+
+_bf16_speedup: float | None = None
+_bf16_measured = False
+
+
+def bf16_speedup() -> float | None:
+    """How many times faster bf16 autocast runs a conv step than fp32 on this CPU, measured once per process.
+
+    ``None`` where the CPU has no native bf16 flag (there bf16 is emulated and was measured 11x slower;
+    nothing is run). ``CONVAE_BF16_SPEEDUP`` (a number) replaces the measurement.
+    """
+    global _bf16_speedup, _bf16_measured
+    if not _bf16_measured:
+        forced = os.environ.get("CONVAE_BF16_SPEEDUP")
+        if forced:
+            try:
+                _bf16_speedup = float(forced)
+            except ValueError:
+                raise ConfigError(f"CONVAE_BF16_SPEEDUP={forced!r} is not a number (bf16 over fp32 speed, e.g. 1.9 or 0.7)") from None
+        elif cpu_bf16_flags():
+            _bf16_speedup = _measure_bf16_speedup()
+            logger.info("bf16 autocast ran a conv step %.2fx as fast as fp32 on this CPU: precision auto uses %s",
+                        _bf16_speedup, "bf16" if _bf16_speedup >= FAST_BF16 else "fp32")
+        _bf16_measured = True
+    return _bf16_speedup
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where bf16 autocast is measurably faster than fp32 here (:func:`bf16_speedup` at least ``FAST_BF16``).
+
+    The CPU's flags (AMX, AVX-512-BF16) decide whether to measure; the measurement decides.
+    """
+    speedup = bf16_speedup()
+    return speedup is not None and speedup >= FAST_BF16
+
+
+def slow_bf16_note() -> str:
+    """What bf16 costs on this CPU, for warnings: the measured ratio, or the emulation figure where it was not measured."""
+    speedup = bf16_speedup()
+    if speedup is None:
+        return ("this CPU has no native bf16 (no AMX or AVX-512-BF16): it is emulated and was measured 11x slower than fp32 "
+                "on an AVX2 CPU")
+    return f"bf16 autocast ran a conv step {speedup:.2f}x as fast as fp32 on this CPU (measured at start)"
+
 
 _warned_slow_bf16 = False
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where the hardware runs it natively, else ``fp16`` on CUDA, else ``fp32``.
+    """``auto`` -> ``bf16`` where it is fast (CUDA with bf16; a CPU where :func:`cpu_has_fast_bf16` measured it),
+    else ``fp16`` on CUDA, else ``fp32``.
 
-    An explicit ``bf16`` on a CPU without native bf16 (no AMX, no AVX-512-BF16: most laptops and AVX2
-    servers) is kept, with a warning once per process: there bf16 is emulated and was measured 11x
-    slower than fp32 (a digits run, 49.4 s against 4.4 s, on a 2-core AVX2 AMD EPYC).
+    An explicit ``bf16`` on a CPU where it is not fast is kept, with a warning once per process that says
+    the cost: emulated bf16 (no AMX, no AVX-512-BF16: most laptops and AVX2 servers) was measured 11x
+    slower than fp32 (a digits run, 49.4 s against 4.4 s, on a 2-core AVX2 AMD EPYC); elsewhere the
+    warning gives this CPU's measured ratio.
     """
     global _warned_slow_bf16
     if precision != "auto":
@@ -63,8 +135,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ConfigError("train.precision='fp16' is for GPUs; on CPU use bf16 or fp32")
         if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16() and not _warned_slow_bf16:
             _warned_slow_bf16 = True
-            logger.warning("precision bf16 on a CPU without native bf16 (no AMX or AVX-512-BF16): it is emulated and was "
-                           "measured 11x slower than fp32 on an AVX2 CPU; use --precision fp32 (or auto) here")
+            logger.warning("precision bf16 is not fast here: %s; use --precision fp32 (or auto) here", slow_bf16_note())
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -148,14 +148,15 @@ def prepare_data(data, in_shape, *, split: str = "all"):
 def run_precision(run, precision: str | None, device: torch.device) -> str:
     """The precision to extract with: ``precision`` if given, else the one the run trained with where it is fast here.
 
-    A run trained in bf16 on a CPU with AMX and extracted on one without native bf16 extracts in fp32
-    (bf16 is emulated there, many times slower); ask ``precision="bf16"`` to keep it.
+    A run trained in bf16 on a CPU with AMX and extracted on one where bf16 is not fast (emulated, or
+    measured slower than fp32: :func:`convae.runtime.cpu_has_fast_bf16`) extracts in fp32; ask
+    ``precision="bf16"`` to keep it.
     """
     if precision is not None:
         return resolve_precision(precision, device)
     trained = run.config.train.precision
     if trained == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-        logger.info("the run trained in bf16; this CPU has no native bf16, so features are extracted in fp32")
+        logger.info("the run trained in bf16; bf16 is not fast on this CPU, so features are extracted in fp32")
         return "fp32"
     return resolve_precision(trained, device)
 
