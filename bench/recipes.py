@@ -188,7 +188,10 @@ def run_recipe(path: Path, args) -> dict:
                                                config.train.batch_size)
     run_dir = RUNS / f"{name}-{tag}"
     load1 = os.getloadavg()[0]
-    if (run_dir / "model.safetensors").exists():
+    if args.untrained_only:  # the seed-built encoder alone: nothing trains
+        model, history = None, []
+        print(f"{name}[{tag}]: untrained encoder only (seed {config.train.seed})", flush=True)
+    elif (run_dir / "model.safetensors").exists():
         run = load_run(run_dir)
         model, history = run.model, run.metrics or []
         print(f"{name}: reusing {run_dir}", flush=True)
@@ -201,8 +204,7 @@ def run_recipe(path: Path, args) -> dict:
         model, history = result.model, result.history
     train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
     images = images_seen(history, len(train_data), config.train)
-    model.eval()
-    test_mse = evaluate(model, test_data)["mse"]
+    test_mse = None if model is None else evaluate(model.eval(), test_data)["mse"]
     sparse_mse = None
     if getattr(model, "wta_spatial", False) or getattr(model, "wta_lifetime", 0):
         # the reconstruction as trained: the decoder only ever saw winner-take-all codes
@@ -229,6 +231,8 @@ def run_recipe(path: Path, args) -> dict:
                  "seed": config.train.seed, "probe_train": len(probe_train), "probe_test": len(probe_test)}
     cached = cached_untrained(model_key)
     families = (("trained", model),) if args.no_untrained else (("trained", model), ("untrained", untrained))
+    if args.untrained_only:
+        families = (("untrained", untrained),)
     for family, net in families:
         t0 = time.perf_counter()
         todo = specs
@@ -642,6 +646,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--features", nargs="+", help="feature sets to probe instead of the recipe's [probe] features")
     p.add_argument("--post", nargs="+", help="post-processing instead of the recipe's [probe] post")
+    p.add_argument("--untrained-only", action="store_true",
+                   help="probe the seed-built encoder only, training nothing (its rows then serve every later record of that seed)")
     p.add_argument("--no-untrained", action="store_true", help="probe the trained encoder only (a screen)")
     p.add_argument("--C", type=float, default=1.0, help="the fixed C when --tune-C is not given (a quick screen: "
                    "--C 0.01)")

@@ -312,7 +312,8 @@ def _train_model(model, data, cfg: TrainConfig, *, train_indices, val_indices, r
     device = resolve_device(cfg.device)
     if ctx is not None and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    precision = resolve_precision(cfg.precision, device)
+    # every rank measures bf16's speed itself (precision auto on a CPU): rank 0's choice holds for all
+    precision = distributed.broadcast_object(resolve_precision(cfg.precision, device), ctx)
     if not cfg.threads and device.type == "cpu":
         warn_if_cpu_busy()
     train_idx = np.arange(len(data)) if train_indices is None else np.asarray(train_indices)
