@@ -190,3 +190,33 @@ def peaks_table(result: dict) -> list[str]:
 
 
 __all__ = ["run", "table", "peaks_table", "reference_epoch", "convae_epoch", "median"]
+
+
+def main(argv=None) -> int:
+    """One block at PyTorch's default threads, written as ``OUT.json`` and ``OUT.md``.
+
+    ``convae`` runs ``precision="auto"``; where that is fp32 on a CPU with a native bf16 flag, run with
+    ``CONVAE_BF16_SPEEDUP=2`` to time its bf16 beside ``convae_fp32`` (the Intel Xeon of docs/BENCHMARKS.md).
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    from _common import machine_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2560)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", required=True, help="results stem, e.g. bench/results/training-mycpu")
+    args = parser.parse_args(argv)
+    result = {"default_threads": compare(args.images, args.repeats, None)}
+    lines = table(result) + [""] + peaks_table(result)
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine_info(), "training": result}, indent=1) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

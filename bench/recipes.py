@@ -141,22 +141,30 @@ def read_recipe(path: Path):
 
 
 def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
-    """Every feature set in ``specs`` ("stage1+stage2:max2") from one pass of the encoder over ``data``."""
+    """Every feature set in ``specs`` from one pass of the encoder over ``data``.
+
+    A spec is ``"stage1+stage2:max2"`` (one pooling for every layer) or ``"stage1/avg4+stage2/flatten"``
+    (a pooling per layer, concatenated in that order).
+    """
     from convae.features import parse_pool
     from convae.runtime import to_input
 
-    parsed = {}
+    parsed: dict[str, list] = {}
     for spec in specs:
-        layers, pool = spec.split(":", 1) if ":" in spec else (spec, "avg")
-        parsed[spec] = (layers.split("+"), parse_pool(pool))
-    wanted = sorted({name for layers, _ in parsed.values() for name in layers}, key=model.layer_names.index)
+        if "/" in spec:
+            parts = [part.split("/", 1) if "/" in part else (part, "avg") for part in spec.split("+")]
+        else:
+            layers, pool = spec.split(":", 1) if ":" in spec else (spec, "avg")
+            parts = [(name, pool) for name in layers.split("+")]
+        parsed[spec] = [(name, parse_pool(pool)) for name, pool in parts]
+    wanted = sorted({name for parts in parsed.values() for name, _ in parts}, key=model.layer_names.index)
     chunks: dict[str, list[np.ndarray]] = {spec: [] for spec in specs}
     model.eval()
     with torch.inference_mode():
         for batch in data.batches(np.arange(len(data)), batch_size):
             maps = model.forward_intermediates(to_input(batch, torch.device("cpu"), False), wanted)
-            for spec, (layers, pooling) in parsed.items():
-                chunks[spec].append(torch.cat([pooling(maps[name]) for name in layers], dim=1).numpy())
+            for spec, parts in parsed.items():
+                chunks[spec].append(torch.cat([pooling(maps[name]) for name, pooling in parts], dim=1).numpy())
     return {spec: np.concatenate(c) for spec, c in chunks.items()}
 
 

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per optimizer step (train.batch_size; default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (train.lr; default 1e-3)")
     p.add_argument("--seed", type=int, help="seed of the weights, the split and the data order (train.seed; default 0)")
-    p.add_argument("--precision", choices=CHOICES["train", "precision"])
+    p.add_argument("--precision", choices=CHOICES["train", "precision"], help="auto (default): bf16 on a CPU only where a conv step measured at start ran it at least 1.25x faster than fp32, else fp32")
     p.add_argument("--device", choices=CHOICES["train", "device"])
     p.add_argument("--threads", type=int, help="torch CPU threads (fixed thread count makes resume bitwise exact)")
     p.add_argument("--limit", type=int, help="use only the first N training images")

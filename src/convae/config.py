@@ -88,7 +88,7 @@ def resolve_length(cfg: "RunConfig") -> "RunConfig":
 
 @dataclass
 class TrainConfig:
-    """Optimisation. ``precision="auto"`` picks bf16 autocast where the CPU/GPU runs it natively.
+    """Optimisation. ``precision="auto"`` picks bf16 autocast where the GPU supports it or where the CPU measured it faster than fp32 (``convae.runtime.cpu_has_fast_bf16``).
 
     The defaults are the feature recipe of :class:`ModelConfig`: AdamW (weight decay 1e-4) with a
     cosine schedule, and a masked-reconstruction objective (half of the 4x4 input patches zeroed,
