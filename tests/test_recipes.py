@@ -66,6 +66,30 @@ def test_recipe_bench_reuses_untrained_rows_only_for_the_same_encoder_and_probe_
     assert list(recipes.cached_untrained({**key, "model": other})) == [("stage1:avg", "none", "C=1")]
 
 
+def test_recipe_bench_features_take_one_pooling_or_one_per_layer():
+    import sys
+    from pathlib import Path
+
+    from convae.data.arrays import ImageDataset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recipes
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder((1, 16, 16), channels=(4, 8)).eval()  # stage1 8x8, stage2 4x4
+    images = torch.randint(0, 256, (5, 1, 16, 16), dtype=torch.uint8)
+    data = ImageDataset(images=images, labels=None, spec="array", split="train")
+    got = recipes.all_features(model, data, ["stage1+stage2:flatten", "stage1/avg2+stage2/flatten", "stage2"], batch_size=2)
+    with torch.inference_mode():
+        maps = model.forward_intermediates(images.float() / 255, ["stage1", "stage2"])
+    s1, s2 = maps["stage1"], maps["stage2"]
+    want_mixed = torch.cat([torch.nn.functional.adaptive_avg_pool2d(s1, 2).flatten(1), s2.flatten(1)], dim=1)
+    assert got["stage1+stage2:flatten"].shape == (5, 4 * 64 + 8 * 16)
+    assert torch.allclose(torch.from_numpy(got["stage1+stage2:flatten"]), torch.cat([s1.flatten(1), s2.flatten(1)], 1), atol=1e-5)
+    assert torch.allclose(torch.from_numpy(got["stage1/avg2+stage2/flatten"]), want_mixed, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(got["stage2"]), s2.mean((2, 3)), atol=1e-5)  # no pooling given: global average
+
+
 def test_recipe_bench_picks_C_on_held_out_training_images_only():
     import sys
     from pathlib import Path
