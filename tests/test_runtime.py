@@ -86,9 +86,13 @@ def test_the_bf16_speed_can_be_given_instead_of_measured(monkeypatch, fresh_meas
         runtime.bf16_speedup()
 
 
-def test_the_bf16_measurement_times_both_precisions():
+def test_the_bf16_measurement_times_both_precisions_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
     speedup = runtime._measure_bf16_speedup()  # runs on any CPU: emulated bf16 just gives a small ratio
     assert 0.01 < speedup < 100
+    assert torch.equal(torch.rand(3), want)  # a run's seeded weights and batches do not depend on whether it measured
 
 
 def test_thread_limit_restores_the_thread_count():

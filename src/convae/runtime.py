@@ -63,10 +63,11 @@ def _measure_bf16_speedup() -> float:
     AMD EPYC with AVX-512-BF16 (no AMX) trained the default model 1.9x faster in bf16, while an Intel Xeon
     with the same flags and no AMX trained it 0.72x as fast (docs/BENCHMARKS.md).
     """
-    gen = torch.Generator().manual_seed(0)
-    conv = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(128, 128, 3, padding=1)).to(memory_format=torch.channels_last)
-    x = torch.randn(16, 64, 14, 14, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.random.fork_rng(devices=[]):  # the layers' initial weights must not move the caller's global RNG
+        torch.manual_seed(0)
+        conv = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(128, 128, 3, padding=1)).to(memory_format=torch.channels_last)
+        x = torch.randn(16, 64, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
     for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
         _conv_step_seconds(dtype, x, conv)
     ratios = sorted(_conv_step_seconds(None, x, conv) / _conv_step_seconds(torch.bfloat16, x, conv) for _ in range(3))
