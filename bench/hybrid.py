@@ -13,6 +13,7 @@ positions. The probe is the recipe bench's screen (logistic regression at C=0.01
 and the fixed stage alone.
 
     python bench/hybrid.py --tflop 50 --tag h50            # writes a record into bench/results/recipes.json
+    python bench/hybrid.py --reuse h50 --tag h50-val --tune-C 0.003 0.01 0.03 --no-untrained --no-fixed   # C on held-out images
 
 Training compute counts the learned stages only (``FlopCounterMode``, forward and backward): the fixed
 stage runs once per image, not once per step, and its FFTs are not counted; its wall time is recorded
@@ -31,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipes import RUNS, SOLVER, all_features, images_seen, logreg_accuracy, machine, save_record  # noqa: E402
+from recipes import (RUNS, SOLVER, all_features, images_seen, logreg_accuracy, machine, save_record,  # noqa: E402
+                     tuned_logreg_accuracy)
 
 J, L = 1, 8
 
@@ -62,6 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("--tflop", type=float, default=50.0, help="training compute of the learned stages")
     p.add_argument("--tag", default="h50")
     p.add_argument("--C", type=float, default=0.01)
+    p.add_argument("--tune-C", type=float, nargs="+", default=None,
+                   help="pick C from these on 10,000 held-out training images (the recipes' protocol) instead of --C")
+    p.add_argument("--reuse", default=None, metavar="TAG", help="probe the trained run of TAG again instead of training")
+    p.add_argument("--no-untrained", action="store_true", help="probe the trained stages only")
+    p.add_argument("--no-fixed", action="store_true", help="skip the fixed stage's own probe (it does not depend on the seed)")
     p.add_argument("--set", action="append", default=[], help="key=value config override (train.seed=1, ...)")
     args = p.parse_args(argv)
 
@@ -83,14 +90,20 @@ def main(argv=None) -> int:
     flops_per_image = train_flops_per_image(build_model(config.model.kind, shape, **config.model.model_kwargs()), shape, config.train)
     config.train.max_steps = max(1, int(args.tflop * 1e12 / (flops_per_image * config.train.batch_size)))
     config.train.epochs = epochs_for_steps(config.train.max_steps, n_train_images(len(data), config.train), config.train.batch_size)
-    run_dir = RUNS / f"hybrid-scat1-{args.tag}"
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
     load1 = __import__("os").getloadavg()[0]
-    result = train(config, run_dir, dataset=data, progress=False)
-    model, history = result.model.eval(), result.history
+    if args.reuse:
+        from convae.runs import load_run
+
+        run = load_run(RUNS / f"hybrid-scat1-{args.reuse}")
+        model, history = run.model.eval(), run.metrics or []
+    else:
+        run_dir = RUNS / f"hybrid-scat1-{args.tag}"
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        result = train(config, run_dir, dataset=data, progress=False)
+        model, history = result.model.eval(), result.history
     train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
     images = images_seen(history, len(data), config.train)
     torch.manual_seed(config.train.seed)
@@ -98,18 +111,26 @@ def main(argv=None) -> int:
 
     spec = "stage1+stage2:flatten"
     rows = []
-    for family, net in (("trained", model), ("untrained", untrained)):
+    families = (("trained", model),) if args.no_untrained else (("trained", model), ("untrained", untrained))
+    for family, net in families:
         t = time.perf_counter()
         a, b = all_features(net, data, [spec])[spec], all_features(net, test, [spec])[spec]
-        acc = logreg_accuracy(a, train_raw.labels, b, test_raw.labels, C=args.C)
-        rows.append({"features": "scat1 > " + spec, "post": "none", "family": family, "dim": int(a.shape[1]),
+        row = {"features": "scat1 > " + spec, "post": "none", "family": family, "dim": int(a.shape[1])}
+        if args.tune_C:
+            row["accuracy"], row["C"], row["val_accuracy"] = tuned_logreg_accuracy(a, train_raw.labels, b, test_raw.labels,
+                                                                                   args.tune_C, config.train.seed)
+            row["head"] = "C=val"
+        else:
+            row["accuracy"], row["head"], row["C"] = logreg_accuracy(a, train_raw.labels, b, test_raw.labels, C=args.C), f"C={args.C:g}", args.C
+        rows.append(row)
+        print(f"hybrid[{args.tag}] {family:9s} {spec} d={a.shape[1]} {row['head']} C={row['C']:g} acc={row['accuracy']:.4f} "
+              f"({time.perf_counter() - t:.0f}s)", flush=True)
+    if not args.no_fixed:
+        t = time.perf_counter()
+        acc = logreg_accuracy(maps_train.flatten(1).numpy(), train_raw.labels, maps_test.flatten(1).numpy(), test_raw.labels, C=args.C)
+        rows.append({"features": "scat1 alone", "post": "none", "family": "fixed", "dim": int(maps_train[0].numel()),
                      "accuracy": acc, "head": f"C={args.C:g}", "C": args.C})
-        print(f"hybrid[{args.tag}] {family:9s} {spec} d={a.shape[1]} acc={acc:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
-    t = time.perf_counter()
-    acc = logreg_accuracy(maps_train.flatten(1).numpy(), train_raw.labels, maps_test.flatten(1).numpy(), test_raw.labels, C=args.C)
-    rows.append({"features": "scat1 alone", "post": "none", "family": "fixed", "dim": int(maps_train[0].numel()),
-                 "accuracy": acc, "head": f"C={args.C:g}", "C": args.C})
-    print(f"hybrid[{args.tag}] fixed stage alone d={maps_train[0].numel()} acc={acc:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
+        print(f"hybrid[{args.tag}] fixed stage alone d={maps_train[0].numel()} acc={acc:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
 
     save_record({
         "recipe": "hybrid-scat1", "tag": args.tag, "config": "bench/hybrid.py",
