@@ -45,11 +45,12 @@ def test_a_bf16_run_extracts_in_the_precision_that_is_fast_here(monkeypatch, fas
 
 @pytest.fixture
 def fresh_measurement(monkeypatch):
-    """bf16_speedup as at the start of a process: not yet measured, no override."""
-    monkeypatch.setattr(runtime, "_bf16_measured", False)
-    monkeypatch.setattr(runtime, "_bf16_speedup", None)
+    """bf16_speedup as at the start of a process: not yet measured, no override; the faked result is forgotten after."""
+    runtime.bf16_speedup.cache_clear()
     monkeypatch.setattr(runtime, "_warned_slow_bf16", False)
     monkeypatch.delenv("CONVAE_BF16_SPEEDUP", raising=False)
+    yield
+    runtime.bf16_speedup.cache_clear()
 
 
 @pytest.mark.parametrize("speedup, expected", [(0.69, "fp32"), (1.9, "bf16")])
@@ -80,7 +81,7 @@ def test_the_bf16_speed_can_be_given_instead_of_measured(monkeypatch, fresh_meas
     monkeypatch.setattr(runtime, "_measure_bf16_speedup", lambda: pytest.fail("measured despite CONVAE_BF16_SPEEDUP"))
     monkeypatch.setenv("CONVAE_BF16_SPEEDUP", "2.5")
     assert resolve_precision("auto", CPU) == "bf16"
-    monkeypatch.setattr(runtime, "_bf16_measured", False)
+    runtime.bf16_speedup.cache_clear()
     monkeypatch.setenv("CONVAE_BF16_SPEEDUP", "fast")
     with pytest.raises(ConfigError, match="CONVAE_BF16_SPEEDUP='fast' is not a number"):
         runtime.bf16_speedup()

@@ -7,6 +7,7 @@ share one meaning of each and extraction never imports the training loop.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -46,11 +47,10 @@ def cpu_bf16_flags() -> bool:
         return False
 
 
-def _conv_step_seconds(dtype: torch.dtype | None, x: torch.Tensor, conv: torch.nn.Module) -> float:
-    """Seconds of one forward + backward of ``conv`` on ``x``, in bf16 autocast when ``dtype`` is given."""
+def _conv_step_seconds(precision: str, x: torch.Tensor, conv: torch.nn.Module) -> float:
+    """Seconds of one forward + backward of ``conv`` on ``x`` under ``precision``'s autocast (fp32 or bf16)."""
     start = time.perf_counter()
-    ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    with ctx:
+    with autocast(precision, torch.device("cpu")):
         out = conv(x)
     out.float().sum().backward()
     return time.perf_counter() - start
@@ -68,36 +68,31 @@ def _measure_bf16_speedup() -> float:
         conv = torch.nn.Sequential(torch.nn.Conv2d(64, 128, 3, padding=1), torch.nn.ReLU(),
                                    torch.nn.Conv2d(128, 128, 3, padding=1)).to(memory_format=torch.channels_last)
         x = torch.randn(16, 64, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
-    for dtype in (None, torch.bfloat16):  # warm-up: oneDNN builds its kernels on first use
-        _conv_step_seconds(dtype, x, conv)
-    ratios = sorted(_conv_step_seconds(None, x, conv) / _conv_step_seconds(torch.bfloat16, x, conv) for _ in range(3))
+    for precision in ("fp32", "bf16"):  # warm-up: oneDNN builds its kernels on first use
+        _conv_step_seconds(precision, x, conv)
+    ratios = sorted(_conv_step_seconds("fp32", x, conv) / _conv_step_seconds("bf16", x, conv) for _ in range(3))
     return ratios[len(ratios) // 2]
 
 
-_bf16_speedup: float | None = None
-_bf16_measured = False
-
-
+@functools.cache
 def bf16_speedup() -> float | None:
     """How many times faster bf16 autocast runs a conv step than fp32 on this CPU, measured once per process.
 
     ``None`` where the CPU has no native bf16 flag (there bf16 is emulated and was measured 11x slower;
     nothing is run). ``CONVAE_BF16_SPEEDUP`` (a number) replaces the measurement.
     """
-    global _bf16_speedup, _bf16_measured
-    if not _bf16_measured:
-        forced = os.environ.get("CONVAE_BF16_SPEEDUP")
-        if forced:
-            try:
-                _bf16_speedup = float(forced)
-            except ValueError:
-                raise ConfigError(f"CONVAE_BF16_SPEEDUP={forced!r} is not a number (bf16 over fp32 speed, e.g. 1.9 or 0.7)") from None
-        elif cpu_bf16_flags():
-            _bf16_speedup = _measure_bf16_speedup()
-            logger.info("bf16 autocast ran a conv step %.2fx as fast as fp32 on this CPU: precision auto uses %s",
-                        _bf16_speedup, "bf16" if _bf16_speedup >= FAST_BF16 else "fp32")
-        _bf16_measured = True
-    return _bf16_speedup
+    forced = os.environ.get("CONVAE_BF16_SPEEDUP")
+    if forced:
+        try:
+            return float(forced)
+        except ValueError:
+            raise ConfigError(f"CONVAE_BF16_SPEEDUP={forced!r} is not a number (bf16 over fp32 speed, e.g. 1.9 or 0.7)") from None
+    if not cpu_bf16_flags():
+        return None
+    speedup = _measure_bf16_speedup()
+    logger.info("bf16 autocast ran a conv step %.2fx as fast as fp32 on this CPU: precision auto uses %s",
+                speedup, "bf16" if speedup >= FAST_BF16 else "fp32")
+    return speedup
 
 
 def cpu_has_fast_bf16() -> bool:
