@@ -23,17 +23,16 @@ stage runs once per image, not once per step, and its FFTs are not counted; its 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from recipes import (RUNS, SOLVER, all_features, images_seen, logreg_accuracy, machine, save_record,  # noqa: E402
-                     tuned_logreg_accuracy)
+from recipes import RUNS, SOLVER, all_features, images_seen, machine, plan_to_tflop, probe_scores, save_record  # noqa: E402
 
 J, L = 1, 8
 
@@ -58,7 +57,6 @@ def main(argv=None) -> int:
     from convae.models import build_model
     from convae.training import evaluate, train
     from convae.training.cost import train_flops_per_image
-    from convae.training.plan import epochs_for_steps, n_train_images
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tflop", type=float, default=50.0, help="training compute of the learned stages")
@@ -88,9 +86,8 @@ def main(argv=None) -> int:
     shape = tuple(maps_train.shape[1:])
     torch.manual_seed(config.train.seed)
     flops_per_image = train_flops_per_image(build_model(config.model.kind, shape, **config.model.model_kwargs()), shape, config.train)
-    config.train.max_steps = max(1, int(args.tflop * 1e12 / (flops_per_image * config.train.batch_size)))
-    config.train.epochs = epochs_for_steps(config.train.max_steps, n_train_images(len(data), config.train), config.train.batch_size)
-    load1 = __import__("os").getloadavg()[0]
+    plan_to_tflop(config.train, args.tflop, flops_per_image, len(data))
+    load1 = os.getloadavg()[0]
     if args.reuse:
         from convae.runs import load_run
 
@@ -115,22 +112,18 @@ def main(argv=None) -> int:
     for family, net in families:
         t = time.perf_counter()
         a, b = all_features(net, data, [spec])[spec], all_features(net, test, [spec])[spec]
-        row = {"features": "scat1 > " + spec, "post": "none", "family": family, "dim": int(a.shape[1])}
-        if args.tune_C:
-            row["accuracy"], row["C"], row["val_accuracy"] = tuned_logreg_accuracy(a, train_raw.labels, b, test_raw.labels,
-                                                                                   args.tune_C, config.train.seed)
-            row["head"] = "C=val"
-        else:
-            row["accuracy"], row["head"], row["C"] = logreg_accuracy(a, train_raw.labels, b, test_raw.labels, C=args.C), f"C={args.C:g}", args.C
+        row = {"features": "scat1 > " + spec, "post": "none", "family": family, "dim": int(a.shape[1]),
+               **probe_scores(a, train_raw.labels, b, test_raw.labels, args.tune_C, args.C, config.train.seed)}
         rows.append(row)
-        print(f"hybrid[{args.tag}] {family:9s} {spec} d={a.shape[1]} {row['head']} C={row['C']:g} acc={row['accuracy']:.4f} "
-              f"({time.perf_counter() - t:.0f}s)", flush=True)
+        print(f"hybrid[{args.tag}] {family:9s} {spec} d={a.shape[1]} {row.get('head', 'C=1')} C={row.get('C', 1.0):g} "
+              f"acc={row['accuracy']:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
     if not args.no_fixed:
         t = time.perf_counter()
-        acc = logreg_accuracy(maps_train.flatten(1).numpy(), train_raw.labels, maps_test.flatten(1).numpy(), test_raw.labels, C=args.C)
         rows.append({"features": "scat1 alone", "post": "none", "family": "fixed", "dim": int(maps_train[0].numel()),
-                     "accuracy": acc, "head": f"C={args.C:g}", "C": args.C})
-        print(f"hybrid[{args.tag}] fixed stage alone d={maps_train[0].numel()} acc={acc:.4f} ({time.perf_counter() - t:.0f}s)", flush=True)
+                     **probe_scores(maps_train.flatten(1).numpy(), train_raw.labels, maps_test.flatten(1).numpy(), test_raw.labels,
+                                    None, args.C, config.train.seed)})
+        print(f"hybrid[{args.tag}] fixed stage alone d={maps_train[0].numel()} acc={rows[-1]['accuracy']:.4f} "
+              f"({time.perf_counter() - t:.0f}s)", flush=True)
 
     save_record({
         "recipe": "hybrid-scat1", "tag": args.tag, "config": "bench/hybrid.py",

@@ -188,12 +188,8 @@ def run_recipe(path: Path, args) -> dict:
     torch.manual_seed(config.train.seed)
     flops_per_image = train_flops_per_image(build_model(config.model.kind, train_data.shape, **config.model.model_kwargs()),
                                             train_data.shape, config.train)
-    if args.tflop:  # train to a compute budget: the steps that see tflop / flops_per_image images
-        from convae.training.plan import epochs_for_steps, n_train_images
-
-        config.train.max_steps = max(1, int(args.tflop * 1e12 / (flops_per_image * config.train.batch_size)))
-        config.train.epochs = epochs_for_steps(config.train.max_steps, n_train_images(len(train_data), config.train),
-                                               config.train.batch_size)
+    if args.tflop:
+        plan_to_tflop(config.train, args.tflop, flops_per_image, len(train_data))
     run_dir = RUNS / f"{name}-{tag}"
     load1 = os.getloadavg()[0]
     if args.untrained_only:  # the seed-built encoder alone: nothing trains
@@ -238,9 +234,12 @@ def run_recipe(path: Path, args) -> dict:
     model_key = {"model": config.to_dict()["model"], "solver": SOLVER,
                  "seed": config.train.seed, "probe_train": len(probe_train), "probe_test": len(probe_test)}
     cached = cached_untrained(model_key)
-    families = (("trained", model),) if args.no_untrained else (("trained", model), ("untrained", untrained))
     if args.untrained_only:
         families = (("untrained", untrained),)
+    elif args.no_untrained:
+        families = (("trained", model),)
+    else:
+        families = (("trained", model), ("untrained", untrained))
     for family, net in families:
         t0 = time.perf_counter()
         todo = specs
@@ -258,14 +257,8 @@ def run_recipe(path: Path, args) -> dict:
                 if family == "untrained" and (spec, post, head) in cached:
                     continue
                 a, b = postprocess(post, f_train, f_test, config.train.seed)
-                row = {"features": spec, "post": post, "family": family, "dim": int(a.shape[1])}
-                if grid:
-                    row["accuracy"], row["C"], row["val_accuracy"] = tuned_logreg_accuracy(a, y_train, b, y_test, grid, config.train.seed)
-                    row["head"] = head
-                else:
-                    row["accuracy"] = logreg_accuracy(a, y_train, b, y_test, C=args.C)
-                    if args.C != 1.0:
-                        row["head"], row["C"] = head, args.C
+                row = {"features": spec, "post": post, "family": family, "dim": int(a.shape[1]),
+                       **probe_scores(a, y_train, b, y_test, grid, args.C, config.train.seed)}
                 rows.append(row)
                 print(f"{name}[{tag}] {family:9s} {spec:28s} {post:10s} {head:8s} d={a.shape[1]:5d} acc={row['accuracy']:.4f} "
                       + (f"C={row['C']:g} " if grid else "") + f"({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -280,6 +273,27 @@ def run_recipe(path: Path, args) -> dict:
         "overrides": list(args.set) + ([f"tflop={args.tflop:g}"] if args.tflop else []),
     }
     return record
+
+
+def plan_to_tflop(cfg, tflop: float, flops_per_image: float, n_images: int) -> None:
+    """Set ``cfg.max_steps`` (and the epochs that hold them) to the steps that see ``tflop`` / ``flops_per_image`` images."""
+    from convae.training.plan import epochs_for_steps, n_train_images
+
+    cfg.max_steps = max(1, int(tflop * 1e12 / (flops_per_image * cfg.batch_size)))
+    cfg.epochs = epochs_for_steps(cfg.max_steps, n_train_images(n_images, cfg), cfg.batch_size)
+
+
+def probe_scores(train: np.ndarray, y_train: np.ndarray, test: np.ndarray, y_test: np.ndarray, grid: list[float] | None,
+                 C: float, seed: int) -> dict:
+    """A row's classifier fields: ``accuracy`` with C picked from ``grid`` on held-out training images (and ``C``,
+    ``val_accuracy``, ``head``), else at the fixed ``C`` (``head`` and ``C`` only when C is not 1)."""
+    if grid:
+        accuracy, best_C, val = tuned_logreg_accuracy(train, y_train, test, y_test, grid, seed)
+        return {"accuracy": accuracy, "C": best_C, "val_accuracy": val, "head": head_name(grid)}
+    out = {"accuracy": logreg_accuracy(train, y_train, test, y_test, C=C)}
+    if C != 1.0:
+        out.update(head=head_name(None, C), C=C)
+    return out
 
 
 def images_seen(history: list[dict], n_images: int, cfg) -> int:
