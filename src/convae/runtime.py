@@ -59,7 +59,7 @@ def _conv_step_seconds(precision: str, x: torch.Tensor, conv: torch.nn.Module) -
 def _measure_bf16_speedup() -> float:
     """fp32 time over bf16-autocast time of a conv step shaped like the default model's second stage.
 
-    Alternating repeats, the median pair ratio: about 0.3 s at two threads. A flag is not enough: an
+    Alternating repeats, the median pair ratio: about 0.25 s at two threads. A flag is not enough: an
     AMD EPYC with AVX-512-BF16 (no AMX) trained the default model 1.9x faster in bf16, while an Intel Xeon
     with the same flags and no AMX trained it 0.72x as fast (docs/BENCHMARKS.md).
     """
