@@ -52,6 +52,9 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     wta_spatial: bool = False  # winner-take-all code during training (conv bottleneck only)
     wta_lifetime: float = 0.0  # fraction of the batch that keeps each latent channel (0 = off)
+    stem: str = "none"  # none | scattering: a fixed first stage of oriented filters under stage1 (convae.models.stem)
+    stem_J: int = 1  # the scattering stem's scales (it reduces the map by 2**stem_J)
+    stem_L: int = 8  # the scattering stem's angles
 
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the chosen model class."""
@@ -67,6 +70,8 @@ class ModelConfig:
         )
         if self.wta_spatial or self.wta_lifetime:  # only when on: older runs rebuild unchanged
             kwargs.update(wta_spatial=self.wta_spatial, wta_lifetime=self.wta_lifetime)
+        if self.stem not in ("none", None):
+            kwargs.update(stem=self.stem, stem_J=self.stem_J, stem_L=self.stem_L)
         return kwargs
 
 
@@ -163,6 +168,7 @@ class DataConfig:
 CHOICES = {
     ("model", "kind"): ("conv", "dense"),
     ("model", "downsample"): ("max", "avg", "stride"),  # convae.models.conv.DOWNSAMPLES
+    ("model", "stem"): ("none", "scattering"),  # convae.models.stem.STEMS
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "loss"): ("mse", "bce"),
     ("train", "schedule"): ("none", "cosine"),
@@ -176,7 +182,7 @@ ALIASES = {"model.pool": "model.downsample"}  # old name -> the one name; both r
 # DenseAutoencoder (tests/test_models.py checks). Any other model key given for that kind is an error.
 KIND_KEYS = {
     "conv": ("channels", "kernel_size", "downsample", "norm", "bottleneck", "latent_dim", "activation", "upsample",
-             "convs_per_stage", "wta_spatial", "wta_lifetime"),
+             "convs_per_stage", "wta_spatial", "wta_lifetime", "stem", "stem_J", "stem_L"),
     "dense": ("hidden", "latent_dim", "activation", "norm"),
 }
 KIND_NAMES = {"conv": "the ConvAE", "dense": "the FCAE"}

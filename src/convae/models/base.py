@@ -111,6 +111,10 @@ class FeatureModelMixin:
     def resolve_layers(self, layers) -> list[str]:
         return resolve_layers(self.layer_names, layers)
 
+    def target(self, x):
+        """What the autoencoder reconstructs from images ``x`` (the images themselves unless a fixed stem maps them first)."""
+        return x
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part, encoder layers by name, then the decoder parts."""
         counts = {info.name: info.params for info in self.feature_info}

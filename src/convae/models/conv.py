@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ArchitectureError
 from .base import FeatureModelMixin, LayerInfo, count_params, resolve_layers
 from .blocks import ACTIVATIONS, Upsample2x, check_choice, check_in_shape, count_flops, make_activation, norm_layer
+from .stem import STEMS, ScatteringStem
 
 DOWNSAMPLES = ("max", "avg", "stride")
 POOLS = DOWNSAMPLES  # the old name
@@ -56,6 +57,12 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
     wta_lifetime : float, default 0.0
         Training only: per latent channel, keep the code of the top ``wta_lifetime`` fraction of the
         batch's images (ranked by the channel's winning value) and zero the others. 0 turns it off.
+    stem : {None, "scattering"}, default None, keyword only
+        A fixed first stage under ``stage1`` (:class:`~convae.models.stem.ScatteringStem`): first-order
+        wavelet scattering at ``stem_J`` scales and ``stem_L`` angles, nothing learned, reducing the map by
+        ``2**stem_J``. With a stem the autoencoder learns to reconstruct the stem's maps (:meth:`target`),
+        not the pixels, and the stem is the encoder layer ``stem`` (its features are the fixed stage alone).
+    stem_J, stem_L : int, default 1 and 8, keyword only
     pool : {"max", "avg", "stride"}, optional, keyword only
         The old name of ``downsample`` (still accepted; giving both is an error).
     """
@@ -75,6 +82,9 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         wta_spatial: bool = False,
         wta_lifetime: float = 0.0,
         *,
+        stem: str | None = None,
+        stem_J: int = 1,
+        stem_L: int = 8,
         pool: str | None = None,
     ):
         super().__init__()
@@ -91,6 +101,7 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         check_choice("bottleneck", bottleneck, BOTTLENECKS)
         check_choice("upsample", upsample, UPSAMPLES)
         check_choice("activation", activation, ACTIVATIONS)
+        check_choice("stem", stem, STEMS)
         if not channels or min(channels) < 1:
             raise ArchitectureError(f"channels must be a non-empty list of positive ints, got {channels}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -101,7 +112,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             raise ArchitectureError("wta_spatial=True needs bottleneck='conv' (a spatial code); got bottleneck='dense'")
         if not 0.0 <= float(wta_lifetime) <= 1.0:
             raise ArchitectureError(f"wta_lifetime must be a fraction in [0, 1], got {wta_lifetime}")
-        c_in, h, w = in_shape
+        self.stem = ScatteringStem(in_shape[0], stem_J, stem_L) if stem == "scattering" else None
+        c_in, h, w = in_shape if self.stem is None else (self.stem.out_channels, *self.stem.out_size(*in_shape[1:]))
         # Spatial size entering each stage; every stage needs >= 2 pixels per side to downsample (its output,
         # the last one's included, may be 1x1). Side s allows (s - 1).bit_length() stages; n stages need 2**(n-1) + 1.
         sizes = [(h, w)]
@@ -110,6 +122,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             if min(sh, sw) < 2:
                 n, most, need = len(channels), (min(h, w) - 1).bit_length(), 2 ** (len(channels) - 1) + 1
                 chain = " -> ".join(f"{a}x{b}" for a, b in sizes)
+                if self.stem is not None:
+                    chain = f"{in_shape[1]}x{in_shape[2]} -> stem -> {chain}"
                 article = "an" if str(h)[0] == "8" or str(h) in ("11", "18") else "a"
                 allows = "no stage" if most == 0 else f"at most {most} stage{'s' if most > 1 else ''} (the last may output 1x1)"
                 raise ArchitectureError(
@@ -126,6 +140,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         )
         if wta_spatial or wta_lifetime:  # recorded only when on, so older configs read the same
             self.config.update(wta_spatial=bool(wta_spatial), wta_lifetime=float(wta_lifetime))
+        if self.stem is not None:
+            self.config.update(stem=stem, stem_J=self.stem.J, stem_L=self.stem.L)
         self.wta_spatial, self.wta_lifetime = bool(wta_spatial), float(wta_lifetime)
         self.in_shape = in_shape
         self._sizes = sizes
@@ -162,11 +178,16 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
             last = i == 0
             self.dec.append(nn.Conv2d(c, c_out, kernel_size, 1, pad) if last else nn.Sequential(nn.Conv2d(c, c_out, kernel_size, 1, pad), norm_layer(norm, c_out), make_activation(activation)))
 
-        self.layer_names = [f"stage{i + 1}" for i in range(len(channels))] + ["bottleneck"]
+        self._stem_layers = [] if self.stem is None else ["stem"]
+        self.layer_names = self._stem_layers + [f"stage{i + 1}" for i in range(len(channels))] + ["bottleneck"]
         self.feature_info = self._geometry(channels, kernel_size, downsample, convs_per_stage, bottleneck, latent_dim)
 
     def _geometry(self, channels, k, downsample, convs, bottleneck, latent_dim) -> list[LayerInfo]:
         infos, rf, jump, offset = [], 1, 1, 0.0
+        if self.stem is not None:  # its stride-2**J low-pass is centred on input pixel 0
+            rf, jump = self.stem.receptive_field, self.stem.stride
+            infos.append(LayerInfo("stem", 0, self.stem.out_channels, self._sizes[0], jump, (rf, rf), 0, offset))
+        base = len(infos)
         for i, c in enumerate(channels):
             for j in range(convs):
                 rf += (k - 1) * jump
@@ -176,12 +197,13 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
                 rf += jump
                 offset += 0.5 * jump
                 jump *= 2
-            infos.append(LayerInfo(f"stage{i + 1}", i, c, self._sizes[i + 1], jump, (rf, rf), count_params(self.stages[i]), offset))
+            infos.append(LayerInfo(f"stage{i + 1}", base + i, c, self._sizes[i + 1], jump, (rf, rf), count_params(self.stages[i]), offset))
         _, h, w = self.in_shape
+        n = base + len(channels)
         if bottleneck == "dense":
-            infos.append(LayerInfo("bottleneck", len(channels), latent_dim, None, 1, (h, w), count_params(self.to_latent), (h - 1) / 2))
+            infos.append(LayerInfo("bottleneck", n, latent_dim, None, 1, (h, w), count_params(self.to_latent), (h - 1) / 2))
         else:
-            infos.append(LayerInfo("bottleneck", len(channels), latent_dim, self._sizes[-1], jump, (rf, rf), count_params(self.to_latent), offset))
+            infos.append(LayerInfo("bottleneck", n, latent_dim, self._sizes[-1], jump, (rf, rf), count_params(self.to_latent), offset))
         return infos
 
     def _decoder_param_counts(self) -> dict[str, int]:
@@ -202,20 +224,36 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         deepest = max(self.layer_names.index(n) for n in wanted)
         last = deepest if stop_early else len(self.layer_names) - 1
         out: dict[str, torch.Tensor] = {}
+        x = self.target(x)
+        if "stem" in wanted:
+            out["stem"] = x
+        base = len(self._stem_layers)
         for i, stage in enumerate(self.stages):  # (B, C_i, H_i, W_i)
-            if i > last:
-                return out
+            if base + i > last:
+                return {n: out[n] for n in self.layer_names if n in out}
             x = stage(x)
-            if self.layer_names[i] in wanted:
-                out[self.layer_names[i]] = x
-        if last == len(self.stages):
+            if self.layer_names[base + i] in wanted:
+                out[self.layer_names[base + i]] = x
+        if last == base + len(self.stages):
             z = self.to_latent(x)
             if "bottleneck" in wanted:
                 out["bottleneck"] = z
         return {n: out[n] for n in self.layer_names if n in out}
 
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the autoencoder reconstructs from images ``x``: the stem's maps, or ``x`` itself without a stem.
+        :meth:`reconstruct_logits` and :meth:`decode` work in this space; the stem is fixed, so it takes no gradient."""
+        if self.stem is None:
+            return x
+        with torch.no_grad():
+            return self.stem(x)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> latent (B, latent_dim) or (B, latent_dim, h, w)."""
+        x = self.target(x)
+        return self._encode_target(x)
+
+    def _encode_target(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)
         return self.to_latent(x)
@@ -230,7 +268,7 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> reconstruction (B, C, H, W) in [0, 1]."""
+        """Latent -> reconstruction in [0, 1] of :meth:`target` (the images (B, C, H, W) without a stem)."""
         return torch.sigmoid(self.decode_logits(z))
 
     def sparsify(self, z: torch.Tensor) -> torch.Tensor:
@@ -249,13 +287,16 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         return z
 
     def reconstruct_logits(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.encode(x)
+        """Logits of the reconstruction of ``x``, a batch of :meth:`target` (the images themselves without a stem):
+        what training scores against ``target(images)``."""
+        z = self._encode_target(x)
         if self.training and (self.wta_spatial or self.wta_lifetime > 0):
             z = self.sparsify(z)
         return self.decode_logits(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.reconstruct_logits(x))
+        """Images -> the reconstruction of :meth:`target` (of the images themselves without a stem), in [0, 1]."""
+        return torch.sigmoid(self.reconstruct_logits(self.target(x)))
 
     def flops_per_image(self) -> int:
         """Multiply-accumulates x 2 of one forward pass (convs and linears), from the architecture."""

@@ -27,6 +27,7 @@ def train_flops_per_image(model: torch.nn.Module, in_shape, cfg: TrainConfig) ->
     twin = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().train()
     x = torch.zeros(PROBE_BATCH, *(int(v) for v in in_shape))
     with FlopCounterMode(display=False) as counter, torch.random.fork_rng(devices=[]):
+        x = twin.target(x)  # a fixed stem's maps (counted: training computes them every step)
         loss = reconstruction_loss(twin.reconstruct_logits(x), x, cfg.loss)
         loss.backward()
     return int(round(counter.get_total_flops() / PROBE_BATCH))

@@ -16,7 +16,8 @@ from ..runtime import autocast, to_input
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: ImageDataset, indices=None, *, batch_size: int = 512, precision: str = "fp32",
              device: torch.device | None = None, channels_last: bool = False) -> dict[str, float]:
-    """Reconstruction MSE, PSNR (dB) and SSIM averaged over images (inputs uncorrupted)."""
+    """Reconstruction MSE, PSNR (dB) and SSIM averaged over images (inputs uncorrupted), of what the model
+    reconstructs (``model.target``: the images, or a fixed stem's maps)."""
     device = device or next(model.parameters()).device
     indices = np.arange(len(data)) if indices is None else np.asarray(indices)
     was_training = model.training
@@ -25,7 +26,7 @@ def evaluate(model: torch.nn.Module, data: ImageDataset, indices=None, *, batch_
     n = 0
     try:
         for batch in data.batches(indices, batch_size):
-            x = to_input(batch, device, channels_last)
+            x = model.target(to_input(batch, device, channels_last))  # the images, or a fixed stem's maps
             with autocast(precision, device):
                 recon = torch.sigmoid(model.reconstruct_logits(x).float())
             x = x.float()

@@ -220,6 +220,7 @@ class TrainingState:
             self.noise_state = gen.get_state()
         if self.augmenting:
             target = augment(target, cfg, gen, rows)
+        target = self.model.target(target)  # a fixed stem's maps: corrupted and reconstructed in their place
         x = corrupt(target, cfg, gen, rows) if self.corrupting else target
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.global_step, self.total_steps)

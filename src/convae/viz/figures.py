@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import has_test_split
@@ -113,14 +114,29 @@ def reconstruct(model: nn.Module, images) -> torch.Tensor:
         model.train(was)
 
 
+def viewable(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    """A batch of what ``model`` reconstructs (``model.target``'s space) as images of the input's size: the
+    images themselves, or with a scattering stem the low-pass map of each input channel, resized (nearest)."""
+    stem = getattr(model, "stem", None)
+    if stem is None:
+        return maps
+    return F.interpolate(maps[:, ::1 + stem.J * stem.L], size=tuple(model.in_shape[1:]), mode="nearest")
+
+
 def plot_reconstructions(models: dict[str, nn.Module], images) -> Figure:
-    """Row 1: the inputs; then one row per model (e.g. ``{"ConvAE": conv, "FCAE": dense}``) with its MSE."""
+    """Row 1: the inputs; then one row per model (e.g. ``{"ConvAE": conv, "FCAE": dense}``) with its MSE.
+
+    A model with a fixed stem reconstructs the stem's maps: its row shows their low-pass maps and its MSE is
+    over the maps (``model.target``), so it does not compare with a pixel MSE."""
     images = float_images(images)
     rows, labels = [images], ["input"]
     for name, model in models.items():
         recon = reconstruct(model, images)
-        rows.append(recon)
-        labels.append(f"{name}\nMSE {float((recon - images).pow(2).mean()):.4f}")
+        with torch.inference_mode():
+            target = model.target(images.to(model_device(model))).float().cpu()
+        rows.append(viewable(model, recon))
+        space = "" if getattr(model, "stem", None) is None else " of the\nstem's maps (low-pass shown)"
+        labels.append(f"{name}\nMSE {float((recon - target).pow(2).mean()):.4f}{space}")
     return plot_mosaic(torch.stack(rows), row_labels=labels, cell=0.7, title="inputs and reconstructions")
 
 
@@ -284,7 +300,7 @@ def traverse_latent(model: nn.Module, image, data=None, *, units=None, n_units: 
         dev = model_device(model)
         z = model.encode(float_images(image).reshape(1, *model.in_shape).to(dev)).float()  # (1, D) or (1, C, h, w)
         offsets = torch.linspace(-float(span), float(span), int(steps), device=dev)
-        rows = [model.decode(z + offsets.view(-1, *[1] * (z.dim() - 1)) * v[None]).float().cpu() for v in found["vectors"]]
+        rows = [viewable(model, model.decode(z + offsets.view(-1, *[1] * (z.dim() - 1)) * v[None]).float().cpu()) for v in found["vectors"]]
     finally:
         model.train(was)
     result = {k: v for k, v in found.items() if k != "vectors"}
