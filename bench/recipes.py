@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "recipes.json"
 RUNS = ROOT / "bench" / "results" / "runs"
 DOC = ROOT / "docs" / "RESULTS.md"
-DEFAULT_RECIPE = "deep2-mask"  # convae's defaults (ModelConfig, TrainConfig, ConvAEFeatures) follow this config
+DEFAULT_RECIPE = "scat1-mask"  # convae's defaults (ModelConfig, TrainConfig, ConvAEFeatures) follow this config
 SOLVER = 3  # 3: as 2, with the gradient's matmul as (g.T @ X).T (18x faster at 60,000 x 8,320); 2: the gradient written
 # out with denormals flushed (5x faster than 1); 1: backpropagated. All three minimise the same objective.
 BEGIN, END = "<!-- recipes:begin (python bench/recipes.py --table) -->", "<!-- recipes:end -->"

@@ -31,12 +31,14 @@ def test_demo_configs_for_cifar10_build_a_conv_and_a_dense_model_at_32x32x3():
     assert configs["conv"].model.kind == "conv" and configs["dense"].model.kind == "dense"
     assert configs["conv"].data.spec == "cifar10"
     assert configs["conv"].train.time_budget == "120s" and configs["dense"].train.time_budget == "40s"
-    # 32x32 is not a tiny image: the default three stages and 4x4 masking, not the 8x8 digits' two stages.
-    assert len(configs["conv"].model.channels) == 3 and configs["conv"].train.mask_ratio > 0
+    # 32x32 is not a tiny image: the default scattering stem, two stages and 4x4 masking, not the 8x8 digits' settings.
+    assert configs["conv"].model.channels == [128, 128] and configs["conv"].train.mask_ratio > 0
     torch.manual_seed(0)
     conv = build_from_config(configs["conv"], CIFAR)
-    assert [info.spatial for info in conv.feature_info if info.name.startswith("stage")] == [(16, 16), (8, 8), (4, 4)]
-    assert _forward_shape(conv, CIFAR) == (2, *CIFAR)
+    assert [(info.name, info.spatial) for info in conv.feature_info if info.spatial] == [
+        ("stem", (16, 16)), ("stage1", (8, 8)), ("stage2", (4, 4)), ("bottleneck", (4, 4))]
+    assert conv.feature_info[0].channels == 3 * 9  # the stem maps each colour channel alike
+    assert _forward_shape(conv, CIFAR) == (2, 27, 16, 16)  # it reconstructs the stem's maps
     assert _forward_shape(build_from_config(configs["dense"], CIFAR), CIFAR) == (2, *CIFAR)
 
 

@@ -54,7 +54,7 @@ def quick_result(rgb_npz, tmp_path_factory):
 
 # --- measurements ------------------------------------------------------------------------------------------
 def test_parameter_table_has_the_15000500_reference_and_adds_up():
-    plain = ["model.kind=conv", "model.channels=32,64,128", "model.norm=none", "model.bottleneck=dense", "model.convs_per_stage=1"]  # configs/baseline.toml
+    plain = ["model.kind=conv", "model.stem=none", "model.channels=32,64,128", "model.norm=none", "model.bottleneck=dense", "model.convs_per_stage=1"]  # configs/baseline.toml
     configs = {"conv": apply_overrides(RunConfig(), plain), "dense": apply_overrides(RunConfig(), ["model.kind=dense"])}
     table = parameter_table(configs, (1, 28, 28))
     assert table["reference"]["hidden1"] == 15_000_500 == 3 * 100 * 100 * 500 + 500

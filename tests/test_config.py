@@ -205,13 +205,13 @@ def test_to_toml_writes_only_the_keys_of_the_kind():
     assert "downsample = \"max\"" in conv and "hidden" not in conv and "pool" not in conv
 
 
-def test_the_default_length_is_557_steps_or_10_epochs_and_any_given_epochs_win():
+def test_the_default_length_is_1099_steps_or_10_epochs_and_any_given_epochs_win():
     from convae.config import DEFAULT_EPOCHS, DEFAULT_STEPS, RunConfig, TrainConfig, apply_overrides, to_toml
     from convae.training.plan import total_steps
 
     default = TrainConfig()
-    assert default.epochs is None and default.step_cap == DEFAULT_STEPS == 557 and default.n_epochs == DEFAULT_EPOCHS == 10
-    assert total_steps(default, 54_000) == 557  # Fashion-MNIST's 54,000 training images: 1.3 epochs
+    assert default.epochs is None and default.step_cap == DEFAULT_STEPS == 1099 and default.n_epochs == DEFAULT_EPOCHS == 10
+    assert total_steps(default, 54_000) == 1099  # Fashion-MNIST's 54,000 training images: 2.6 epochs
     assert total_steps(default, 1_000) == 10 * 8  # a small dataset: 10 epochs of 8 steps come first
     given = TrainConfig(epochs=20)
     assert given.step_cap is None and total_steps(given, 54_000) == 20 * 422  # --epochs 20 trains 20 epochs
@@ -220,7 +220,7 @@ def test_the_default_length_is_557_steps_or_10_epochs_and_any_given_epochs_win()
     cfg = apply_overrides(RunConfig(), ["train.epochs=3"])
     assert cfg.train.epochs == 3 and cfg.train.step_cap is None
     back = RunConfig.from_dict(RunConfig().to_dict())
-    assert back.train.epochs is None and back.train.step_cap == 557
+    assert back.train.epochs is None and back.train.step_cap == 1099
     assert "epochs" not in to_toml(RunConfig()).split("[train]")[1].split("[")[0]
 
 
@@ -231,7 +231,7 @@ def test_a_time_budget_or_max_steps_given_alone_replaces_the_default_length():
     assert TrainConfig(time_budget="5m").step_cap is None  # the budget plans the steps (at most 10 epochs)
     assert "time budget" in TrainConfig(time_budget="5m").describe_length()
     assert total_steps(TrainConfig(time_budget="5m", planned_steps=900), 54_000) == 900
-    assert "557 steps" in TrainConfig().describe_length()
+    assert "1099 steps" in TrainConfig().describe_length()
     assert TrainConfig(epochs=3).describe_length() == "train.epochs=3"
 
 
@@ -239,7 +239,7 @@ def test_the_fcae_keeps_ten_epochs_as_its_default_length_and_config_json_says_so
     from convae.config import RunConfig, apply_overrides, resolve_length
 
     dense = resolve_length(apply_overrides(RunConfig(), ["model.kind=dense"]))
-    assert dense.train.epochs == 10 and dense.train.step_cap is None  # 557 steps would be 1.3 epochs of a cheap model
-    assert resolve_length(RunConfig()).train.epochs is None  # the ConvAE keeps the 557-step default
+    assert dense.train.epochs == 10 and dense.train.step_cap is None  # 1,099 steps would be 2.6 epochs of a cheap model
+    assert resolve_length(RunConfig()).train.epochs is None  # the ConvAE keeps the 1,099-step default
     assert resolve_length(apply_overrides(RunConfig(), ["model.kind=dense", "train.epochs=3"])).train.epochs == 3
     assert resolve_length(apply_overrides(RunConfig(), ["model.kind=dense", "train.max_steps=50"])).train.epochs is None

@@ -41,8 +41,8 @@ def run_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = torch.from_numpy((rng.random((64, 1, 16, 16)) * 255).astype(np.uint8))
     data = ImageDataset(images=images, labels=np.arange(64) % 4, spec="synthetic", split="train", class_names=None)
-    cfg = apply_overrides(RunConfig(), ["model.channels=4,8", "model.latent_dim=6", "train.epochs=1", "train.batch_size=32",
-                                        "train.precision=fp32", "data.spec=synthetic"])
+    cfg = apply_overrides(RunConfig(), ["model.stem=none", "model.channels=4,8", "model.latent_dim=6", "train.epochs=1",
+                                        "train.batch_size=32", "train.precision=fp32", "data.spec=synthetic"])
     path = tmp_path_factory.mktemp("runs") / "conv"
     train(cfg, path, progress=False, dataset=data)
     return path, data

@@ -156,7 +156,7 @@ def test_sample_photos_image_size_sets_the_patch_size():
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("photos") / "run"
-    cfg = apply_overrides(RunConfig(), ["data.spec=sample-photos", "data.image_size=16x16", "data.limit=256", "model.channels=8,8",
+    cfg = apply_overrides(RunConfig(), ["data.spec=sample-photos", "data.image_size=16x16", "data.limit=256", "model.stem=none", "model.channels=8,8",
                                         "model.kernel_size=5", "model.convs_per_stage=1", "model.latent_dim=8", "train.epochs=1",
                                         "train.batch_size=64", "train.precision=fp32", "train.threads=1", "train.seed=3"])
     train(cfg, path, progress=False)

@@ -103,11 +103,12 @@ def test_copy_keeps_the_model_api(convae):
     assert type(folded) is type(convae)
     assert folded.layer_names == convae.layer_names and folded.in_shape == convae.in_shape
     assert folded.feature_info == convae.feature_info and folded.config == convae.config
-    assert folded.layer_info("stage3") == convae.layer_info("stage3")
+    assert folded.layer_info("stage2") == convae.layer_info("stage2")
     assert folded.resolve_layers([-2, -1]) == convae.resolve_layers([-2, -1])
     with torch.no_grad():
-        out = folded.forward_intermediates(images(4).float() / 255, ["stage2"], stop_early=True)
-    assert list(out) == ["stage2"] and out["stage2"].shape[1:] == (128, 7, 7)
+        out = folded.forward_intermediates(images(4).float() / 255, ["stage1"], stop_early=True)
+    assert list(out) == ["stage1"] and out["stage1"].shape[1:] == (128, 7, 7)
+    assert folded.stem is not None  # the default's fixed stem has no BatchNorm: it is copied as it is
     # module names stay where they were: the folded conv replaces the conv, an Identity the norm
     names = dict(folded.named_modules())
     assert isinstance(names["stages.0.0"], nn.Conv2d) and isinstance(names["stages.0.1"], nn.Identity)
@@ -126,13 +127,13 @@ def test_extract_features_equals_unfolded_forward(precision, rel):
     model.train()  # extraction uses the running statistics (eval mode) whatever mode the model is in
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = images(40, seed=4)
-    feats = extract_features(model, x, layers=["stage2", "stage3"], pool="flatten", batch_size=16, precision=precision)
+    feats = extract_features(model, x, layers=["stage1", "stage2"], pool="flatten", batch_size=16, precision=precision)
     assert feats.dtype == np.float32 and feats.shape == (40, 128 * 7 * 7 + 128 * 4 * 4)
     assert model.training  # its mode, statistics and layout are as they were
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert all(p.is_contiguous() for p in model.parameters())
-    want = manual_features(model, x, ["stage2", "stage3"])
+    want = manual_features(model, x, ["stage1", "stage2"])
     close(torch.from_numpy(feats), want, rel)
 
 
@@ -147,7 +148,7 @@ def test_folds_once_per_extraction_call(monkeypatch):
 
     monkeypatch.setattr(extract_module, "fold_batchnorm", counting)
     feats = extract_features(model, images(50), layers="stage1", pool="avg", batch_size=8)  # 7 batches
-    assert feats.shape == (50, 64) and len(calls) == 1
+    assert feats.shape == (50, 128) and len(calls) == 1
 
 
 @pytest.mark.parametrize("norm", [None, "layer"])

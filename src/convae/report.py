@@ -243,6 +243,17 @@ def _viz_section(run: Run, dataset, fcae: Run | None, seed: int) -> str:
     return "\n".join(parts)
 
 
+def _stem_section(run: Run) -> str:
+    """The fixed stem's wavelets: the filters that see the pixels of a ConvAE with ``model.stem``."""
+    stem = run.model.stem
+    return figure_html(viz.plot_filters(run.model),
+                       f"The fixed first stage (model.stem = scattering, J={stem.J}, L={stem.L}): Kymatio's Morlet wavelets at "
+                       f"{stem.J} scale(s) and {stem.L} angles, real parts then imaginary. Their moduli, low-passed and "
+                       f"subsampled by {stem.stride}, are the {stem.out_channels} maps the learned stages see and "
+                       "reconstruct; nothing here was trained, so there is no trained-versus-untrained comparison of "
+                       "first-layer filters (train with model.stem=none for one).")
+
+
 def _filters_section(run: Run) -> str:
     """Trained vs untrained first-layer kernels with their edge scores (:mod:`convae.analysis.filters`); ConvAE runs only."""
     study = filter_study(run, seed=run.config.train.seed)
@@ -307,7 +318,9 @@ def build_report(run, *, compare=None, fcae=None, data=None, seed: int = 0) -> s
         ("probe", "Linear probes", _probe_section(run)),
         ("viz", "What each depth responds to", _viz_section(run, dataset, fcae, seed)),
     ]
-    if run.config.model.kind == "conv":  # every ConvAE run, gray or RGB (the score is on luminance); an FCAE has no kernels
+    if getattr(run.model, "stem", None) is not None:  # its first filters are fixed: shown, not scored
+        sections.append(("filters", "First-layer filters: the fixed scattering stem", _stem_section(run)))
+    elif run.config.model.kind == "conv":  # every ConvAE run, gray or RGB (the score is on luminance); an FCAE has no kernels
         sections.append(("filters", "First-layer filters: trained vs untrained", _filters_section(run)))
     if compare is not None:
         sections.append(("compare", "ConvAE versus FCAE", _compare_section(compare)))

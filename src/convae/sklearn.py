@@ -43,7 +43,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from .config import ModelConfig, RunConfig, TrainConfig, resolve_length, set_value, validate
+from .config import ModelConfig, RunConfig, TrainConfig, resolve_length, resolve_stem, set_value, validate
 from .data import as_images, convert_images, load_image_files
 from .errors import DataError
 from .features import extract_features, feature_layout, feature_names, parse_pool, run_precision
@@ -197,6 +197,7 @@ class _AutoencoderFeatures(_ImageInput, TransformerMixin, BaseEstimator):
         cfg = self._run_config()  # bad parameters fail before X is read
         images = self._images(X, fit=True)
         in_shape = tuple(int(v) for v in images.shape[1:])
+        resolve_stem(cfg, in_shape)
         with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed`, the global RNG is untouched
             torch.manual_seed(cfg.train.seed)
             model = build_from_config(cfg, in_shape)
@@ -233,16 +234,16 @@ class ConvAEFeatures(_AutoencoderFeatures):
     Parameters
     ----------
     layers : str, int or list of them, default (-3, -2)
-        Encoder layers (``stage1``..``stageN``, ``bottleneck``, or indices, negative from the
+        Encoder layers (``stem``, ``stage1``..``stageN``, ``bottleneck``, or indices, negative from the
         deepest); several are concatenated in the order given. The default is the two deepest
-        stages (``stage2`` and ``stage3`` of the default three), the best features measured on
-        Fashion-MNIST (docs/RESULTS.md).
+        stages (``stage1`` and ``stage2`` of the default two, over the scattering stem), the best
+        features measured on Fashion-MNIST (docs/RESULTS.md).
     pool : str, default "auto"
         ``avg``, ``max``, ``avgN``/``maxN`` (NxN grid), ``spp:1,2,4`` or ``flatten`` (see
         :mod:`convae.features`). ``auto`` flattens maps of up to 8x8 positions and averages
         larger ones to a 4x4 grid. The dense bottleneck is a vector and passes through.
-    channels, kernel_size, norm, bottleneck, latent_dim, activation, upsample, convs_per_stage, wta_spatial, wta_lifetime
-        The architecture, as in :class:`convae.ConvAutoencoder`, with the defaults of
+    stem, stem_J, stem_L, channels, kernel_size, norm, bottleneck, latent_dim, activation, upsample, convs_per_stage, wta_spatial, wta_lifetime
+        The architecture (``stem="auto"``: a fixed first stage of oriented filters on images of 16 pixels a side or more; ``"scattering"``, ``"none"``), as in :class:`convae.ConvAutoencoder`, with the defaults of
         :class:`convae.config.ModelConfig` (``norm="auto"`` is BatchNorm; ``"none"`` or None is none).
     downsample : {"max", "avg", "stride"}, default "max"
         How each stage halves the map (``ConvAutoencoder(downsample=...)``, ``model.downsample``;
@@ -274,9 +275,10 @@ class ConvAEFeatures(_AutoencoderFeatures):
 
     _kind = "conv"
     _model_params = ("channels", "kernel_size", "downsample", "norm", "bottleneck", "latent_dim", "activation", "upsample",
-                     "convs_per_stage", "wta_spatial", "wta_lifetime")
+                     "convs_per_stage", "wta_spatial", "wta_lifetime", "stem", "stem_J", "stem_L")
 
-    def __init__(self, layers=(-3, -2), pool="auto", *, channels=tuple(_MODEL.channels), kernel_size=_MODEL.kernel_size,
+    def __init__(self, layers=(-3, -2), pool="auto", *, stem=_MODEL.stem, stem_J=_MODEL.stem_J, stem_L=_MODEL.stem_L,
+                 channels=tuple(_MODEL.channels), kernel_size=_MODEL.kernel_size,
                  downsample=_MODEL.downsample, norm=_MODEL.norm, bottleneck=_MODEL.bottleneck, latent_dim=_MODEL.latent_dim,
                  activation=_MODEL.activation, upsample=_MODEL.upsample, convs_per_stage=_MODEL.convs_per_stage,
                  wta_spatial=_MODEL.wta_spatial, wta_lifetime=_MODEL.wta_lifetime,
@@ -289,6 +291,9 @@ class ConvAEFeatures(_AutoencoderFeatures):
                  image_shape=None, image_size=None, image_channels=None, progress=False):
         self.layers = layers
         self.pool = pool
+        self.stem = stem
+        self.stem_J = stem_J
+        self.stem_L = stem_L
         self.channels = channels
         self.kernel_size = kernel_size
         self.downsample = downsample

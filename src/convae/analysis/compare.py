@@ -44,7 +44,7 @@ import torch
 
 from .. import runs
 from ..atomic import atomic_write_json, atomic_write_text
-from ..config import DEMO_EPOCHS, RunConfig, apply_overrides, demo_configs
+from ..config import DEMO_EPOCHS, RunConfig, apply_overrides, demo_configs, resolve_stem
 from ..data import ImageDataset, has_test_split, load_dataset
 from ..errors import ConfigError, DataError, RunError
 from ..runs import Run, load_run, read_metrics
@@ -76,6 +76,7 @@ def _finished(run_dir: Path, cfg: RunConfig) -> bool:
 def train_or_reuse(cfg: RunConfig, run_dir: Path, dataset: ImageDataset, progress: bool = False) -> Run:
     """Train ``cfg`` on ``dataset`` into ``run_dir``; a finished run there with the same config is reused,
     an unfinished one is resumed (so a killed compare picks up where it stopped)."""
+    resolve_stem(cfg, dataset.shape)  # model.stem="auto" as config.json records it
     if (run_dir / runs.WEIGHTS).exists():
         saved = runs.read_config(run_dir)[0]
         if saved.to_dict() != cfg.to_dict():

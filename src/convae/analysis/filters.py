@@ -199,6 +199,10 @@ def first_conv_weights(model: nn.Module) -> torch.Tensor:
     """The first conv layer's weights (out, in, k, k) of a ConvAE (float32, CPU)."""
     if not hasattr(model, "stages"):
         raise ArchitectureError(f"{type(model).__name__} has no conv stages: edge scores are for ConvAE kernels")
+    if getattr(model, "stem", None) is not None:
+        raise ArchitectureError("this ConvAE starts with the fixed scattering stem (model.stem): its first learned conv "
+                                "sees the stem's maps, not pixels, so its kernels are not image filters to score; "
+                                "train with model.stem=none to study learned first-layer filters")
     conv = next(m for m in model.stages[0].modules() if isinstance(m, nn.Conv2d))
     return conv.weight.detach().float().cpu()
 

@@ -120,17 +120,22 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         for i in range(len(channels)):
             sh, sw = sizes[-1]
             if min(sh, sw) < 2:
-                n, most, need = len(channels), (min(h, w) - 1).bit_length(), 2 ** (len(channels) - 1) + 1
+                n, most = len(channels), (min(h, w) - 1).bit_length()
+                step = 1 if self.stem is None else self.stem.stride  # a side of S pixels leaves the stem at ceil(S / step)
+                need = step * 2 ** (n - 1) + 1
                 chain = " -> ".join(f"{a}x{b}" for a, b in sizes)
+                ih, iw = in_shape[1:]
                 if self.stem is not None:
-                    chain = f"{in_shape[1]}x{in_shape[2]} -> stem -> {chain}"
-                article = "an" if str(h)[0] == "8" or str(h) in ("11", "18") else "a"
+                    chain = f"{ih}x{iw} -> stem -> {chain}"
+                article = "an" if str(ih)[0] == "8" or str(ih) in ("11", "18") else "a"
+                what = f"{n} stage{'s' if n > 1 else ''}" + ("" if self.stem is None else " after the scattering stem")
                 allows = "no stage" if most == 0 else f"at most {most} stage{'s' if most > 1 else ''} (the last may output 1x1)"
                 raise ArchitectureError(
-                    f"{article} {h}x{w} image is too small for {n} stage{'s' if n > 1 else ''}: each stage halves its map "
+                    f"{article} {ih}x{iw} image is too small for {what}: each stage halves its map "
                     f"(rounding up) and needs at least 2 pixels per side coming in, but stage{i + 1} would get a {sh}x{sw} map "
-                    f"({chain}). {article.capitalize()} {h}x{w} image allows {allows}; "
-                    f"{n} stage{'s need' if n > 1 else ' needs'} images of at least {need}x{need}."
+                    f"({chain}). {article.capitalize()} {ih}x{iw} image allows {allows}"
+                    f"{'' if self.stem is None else ' after the stem (model.stem=none for none)'}; "
+                    f"{what} need{'s' if n == 1 else ''} images of at least {need}x{need}."
                 )
             sizes.append((math.ceil(sh / 2), math.ceil(sw / 2)))
         self.config = dict(

@@ -21,7 +21,7 @@ def build_model(kind: str, in_shape, **kwargs) -> ConvAutoencoder | DenseAutoenc
 
 def build_from_config(config: RunConfig, in_shape) -> ConvAutoencoder | DenseAutoencoder:
     """The model that ``config.model`` describes, for images of ``in_shape`` (weights from the global RNG)."""
-    return build_model(config.model.kind, in_shape, **config.model.model_kwargs())
+    return build_model(config.model.kind, in_shape, **config.model.model_kwargs(in_shape))
 
 
 def model_kind(model: nn.Module) -> str:

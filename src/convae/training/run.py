@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import distributed, runs
-from ..config import RunConfig, resolve_length
+from ..config import RunConfig, resolve_length, resolve_stem
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError, RunError
 from ..models import build_from_config
@@ -27,10 +27,11 @@ RESUMABLE_CHANGES = {("train", "epochs")}
 
 
 
-def _config_diff(a: RunConfig, b: RunConfig) -> list[str]:
-    """Keys where ``b`` (the settings given to resume) differs from ``a`` (the saved run); a ``b`` without planned
-    steps takes the saved ones (the budget was planned when the run started)."""
-    da, db = a.to_dict(), b.to_dict()
+def _config_diff(a: RunConfig, b: RunConfig, in_shape) -> list[str]:
+    """Keys where ``b`` (the settings given to resume) differs from ``a`` (the saved run, on images of ``in_shape``);
+    a ``b`` without planned steps takes the saved ones (the budget was planned when the run started), and its
+    ``model.stem="auto"`` is the stem it means on those images."""
+    da, db = a.to_dict(), resolve_stem(copy.deepcopy(b), in_shape).to_dict()
     if db["train"]["planned_steps"] is None:
         db["train"]["planned_steps"] = da["train"]["planned_steps"]
     return [f"{s}.{k}" for s in da for k in da[s] if da[s][k] != db[s][k] and (s, k) not in RESUMABLE_CHANGES]
@@ -63,7 +64,7 @@ def train(config: RunConfig | None = None, run_dir: str | Path | None = None, *,
             raise ConfigError("resume needs a run directory")
         saved, saved_shape, _ = runs.read_config(run_path)
         if config is not None:
-            changed = _config_diff(saved, config)
+            changed = _config_diff(saved, config, saved_shape)
             if changed:
                 raise ConfigError(f"--resume: {run_path / runs.CONFIG} differs from the given settings in {', '.join(changed)}; "
                                   "a resumed run must keep its settings (only train.epochs may grow)")
@@ -94,6 +95,8 @@ def _train_run(config: RunConfig, run_path: Path | None, resume_state: dict | No
         resolve_length(config)  # the FCAE's default length is 10 epochs
     data = dataset if dataset is not None else load_training_data(config)  # data.py reports skipped files
     in_shape = data.shape
+    if not resume:
+        resolve_stem(config, in_shape)  # stem="auto": the scattering stem on images of 16 pixels a side or more
     torch.manual_seed(config.train.seed)  # initial weights come from the seed too
     model = build_from_config(config, in_shape)  # ArchitectureError before any work
     train_idx, val_idx = split_indices(len(data), config.train.val_fraction, config.train.seed)

@@ -48,7 +48,10 @@ KINDS = ("filters", "maps", "patches", "maximize", "recon", "traverse", "embeddi
 
 # --- filters -----------------------------------------------------------------------------------------
 def first_layer_filters(model: nn.Module) -> torch.Tensor:
-    """First-layer weights as images: (n_filters, C_in, k, k) for a ConvAE, (units, C, H, W) for an FCAE."""
+    """First-layer weights as images: (n_filters, C_in, k, k) for a ConvAE, (units, C, H, W) for an FCAE; with a
+    fixed scattering stem, its wavelets (2 x J x L, 1, k, k: real parts, then imaginary), the filters that see pixels."""
+    if getattr(model, "stem", None) is not None:
+        return model.stem.wavelets.detach().float().cpu()
     if hasattr(model, "stages"):
         conv = next(m for m in model.stages[0].modules() if isinstance(m, nn.Conv2d))
         return conv.weight.detach().float().cpu()
@@ -68,6 +71,8 @@ def plot_filters(model: nn.Module, max_filters: int = 64) -> Figure:
     tiles = torch.ones(rows * cols, *scaled.shape[1:])
     tiles[:n] = scaled
     kind = "kernels" if hasattr(model, "stages") else "weight rows (full-image templates)"
+    if getattr(model, "stem", None) is not None:
+        kind = "filters: the fixed scattering stem's Morlet wavelets (real parts, then imaginary), not learned;"
     return plot_mosaic(tiles.view(rows, cols, *scaled.shape[1:]), cell=0.5,
                        title=f"first-layer {kind}, {n} of shape {tuple(w.shape[1:])}\neach filter scaled to its own min..max")
 
