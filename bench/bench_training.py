@@ -5,8 +5,8 @@ The reference is written the way tutorials write it: fp32, contiguous (NCHW) ten
 ``transforms.ToTensor()`` does), a shuffling ``DataLoader`` with its default single process,
 ``optimizer.zero_grad()``, ``nn.MSELoss`` on the sigmoid output, ``loss.item()`` every step, and
 PyTorch's default thread settings. It trains the same architecture: the ConvAE ``convae train``
-builds with no flags (``ModelConfig``'s defaults: 64/128/128 channels, BatchNorm, 1x1-conv
-bottleneck), except that its 2x2 transposed convs are plain ``nn.ConvTranspose2d`` layers, as a
+builds with no flags (``ModelConfig``'s defaults: since issue 15 the fixed scattering stem and two stages of
+128 channels, BatchNorm, 1x1-conv bottleneck; 64/128/128 channels before), except that its 2x2 transposed convs are plain ``nn.ConvTranspose2d`` layers, as a
 tutorial writes them, where convae runs them as a 1x1 conv plus pixel shuffle. Optimizer Adam,
 lr 1e-3, batch 128.
 
@@ -19,11 +19,11 @@ cosine schedule, masking half of the 4x4 input patches). ``convae_fp32`` is the 
 Trials alternate (reference, convae, convae_fp32, reference, ...), each on the same images,
 ``repeats`` times; the tables give medians and their ratios.
 
-Roofline convention: FLOPs per training image = 3 x the forward FLOPs that
-``ConvAutoencoder.flops_per_image()`` counts (2 x multiply-accumulates of every conv, transposed
-conv and linear layer; backward = grad of inputs + grad of weights = 2 x forward; the first conv
-needs no input gradient, so this overcounts by 0.4%). Elementwise ops, pooling and the optimizer
-are not counted. Achieved FLOP/s divided by the best large ``torch.matmul`` FLOP/s in the same
+Roofline convention: FLOPs per training image as ``torch.utils.flop_counter.FlopCounterMode`` counts the
+forward and backward pass (``convae.training.cost.train_flops_per_image``, the recipes' count; the fixed stem
+runs forward only). Results before issue 15's stem used 3 x the forward FLOPs of
+``ConvAutoencoder.flops_per_image()`` (their JSON's ``convention`` says which). Elementwise ops, pooling and the
+optimizer are not counted. Achieved FLOP/s divided by the best large ``torch.matmul`` FLOP/s in the same
 precision, measured in the same run at the same thread count.
 """
 
@@ -82,7 +82,7 @@ def reference_epoch(images: np.ndarray, seed: int = 0) -> None:
     for x in loader:
         optimizer.zero_grad()
         output = model(x)
-        loss = criterion(output, x)
+        loss = criterion(output, model.target(x))  # the image, or the fixed stem's maps it reconstructs
         loss.backward()
         optimizer.step()
         running_loss += loss.item()
@@ -144,10 +144,15 @@ def compare(n_images: int, repeats: int, thread_count: int | None) -> dict:
 def roofline(rates: dict, peaks: dict) -> dict:
     from convae.runtime import resolve_device, resolve_precision
 
-    forward = default_model().flops_per_image()
-    per_image = 3 * forward
+    from convae.config import TrainConfig
+    from convae.training.cost import train_flops_per_image
+
+    model = default_model()
+    forward = model.flops_per_image()
+    per_image = train_flops_per_image(model, model.in_shape, TrainConfig())
     convae_precision = resolve_precision("auto", resolve_device("auto"))
-    out = {"forward_flops_per_image": forward, "training_flops_per_image": per_image, "convention": "training = 3 x forward",
+    out = {"forward_flops_per_image": forward, "training_flops_per_image": per_image,
+           "convention": "training = FlopCounterMode over forward and backward (convae.training.cost.train_flops_per_image)",
            "convae_precision": convae_precision}
     for name, precision in (("convae", convae_precision), ("convae_fp32", "fp32"), ("reference", "fp32")):
         for clock in ("wall", "cpu"):

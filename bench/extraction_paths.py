@@ -4,13 +4,14 @@
     python bench/extraction_paths.py --quick         # 1,000 images, 1 repeat, 256 training images: checks that it runs
     python bench/extraction_paths.py --threads 1 --images 30000 --repeats 5
 
-The model is the ConvAE that ``RunConfig()`` describes (64/128/128 channels, two conv -> BatchNorm ->
-ReLU per stage, 1x1-conv bottleneck), seed-built; its BatchNorms get random affine parameters and
+The model is the ConvAE that ``RunConfig()`` describes (since issue 15 the scattering stem, then two stages
+of 128 channels, two conv -> BatchNorm -> ReLU each, a 1x1-conv bottleneck; before it 64/128/128 channels), seed-built; its BatchNorms get random affine parameters and
 running statistics from a few train-mode forwards on the images (so folding them is not a no-op), then
 it is in eval mode. Speed does not depend on the weights. The features are the default ones
-(``ConvAEFeatures()``): stage2 + stage3 flattened (128x7x7 + 128x4x4 = 8,320 per 28x28 image), of
-the first ``--images`` Fashion-MNIST training images held in memory as uint8. Every path converts
-each batch to float in [0, 1], runs the encoder up to stage3 and returns one float32 N x 8,320 array.
+(``ConvAEFeatures()``, :data:`LAYERS`): the two deepest stages flattened (stage1 + stage2 now, 128x7x7 + 128x4x4 =
+8,320 per 28x28 image), of the first ``--images`` Fashion-MNIST training images held in memory as uint8. Every
+path converts each batch to float in [0, 1], runs the encoder up to the deepest of them and returns one float32
+N x 8,320 array.
 
 Phase 1, at batch 128 (convae's default), one step at a time: ``plain`` (eval + ``torch.no_grad``, fp32,
 contiguous NCHW), ``inference_mode``, ``+channels_last``, ``+bn_folded`` (each BatchNorm folded into
@@ -25,7 +26,7 @@ images (``convae.training.train_model`` with a default ``TrainConfig``, as bench
 phase 3. Within each phase the repeats alternate between the paths; each path runs once on a few
 batches before timing (oneDNN builds its kernels on first use).
 
-FLOPs: extraction = the forward FLOPs of the encoder up to stage3 (``torch.utils.flop_counter.
+FLOPs: extraction = the forward FLOPs of the encoder up to the deepest feature layer (``torch.utils.flop_counter.
 FlopCounterMode`` on one batch: convs only, 2 x multiply-accumulates); training = 3 x the forward FLOPs
 of the whole autoencoder (bench/bench_training.py's convention). The share of the peak is achieved
 GFLOP/s over the best large fp32 ``torch.matmul`` (bench/_common.py's ``gemm_peak``, best of before
@@ -52,8 +53,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, fashion, gemm_peak, load_average, machine_info, rate_summary, threads, timed
 
-LAYERS = ["stage2", "stage3"]
 SHAPE = (1, 28, 28)
+
+
+def default_layers() -> list[str]:
+    """``ConvAEFeatures()``'s default layers (the two deepest stages) on the default model at 28x28."""
+    from convae.config import RunConfig
+    from convae.models import build_from_config
+    from convae.sklearn import ConvAEFeatures
+
+    return build_from_config(RunConfig(), SHAPE).resolve_layers(ConvAEFeatures().layers)
+
+
+LAYERS = default_layers()
 BATCH_SIZES = (128, 256, 512, 1024)
 DEFAULT_BATCH = 128
 
@@ -93,7 +105,7 @@ def encoder_flops_per_image(model, batch: int = DEFAULT_BATCH) -> float:
 
 # --- the paths ---------------------------------------------------------------------------------------------------
 def manual(model, images: torch.Tensor, batch_size: int, *, inference: bool, channels_last: bool) -> np.ndarray:
-    """Batches of uint8 images -> float [0, 1] -> encoder up to stage3 -> stage2 + stage3 flattened, float32."""
+    """Batches of uint8 images -> float [0, 1] -> encoder up to the deepest of LAYERS -> LAYERS flattened, float32."""
     chunks = []
     mode = torch.inference_mode if inference else torch.no_grad
     for start in range(0, len(images), batch_size):
@@ -334,7 +346,7 @@ def report(result: dict) -> str:
               f"{m['load_average_start']} at the start, {result['load_average_end']} at the end; "
               f"{result['images']:,} Fashion-MNIST images, features {'+'.join(result['layers'])} flattened "
               f"({result['n_features']:,} per image), {result['repeats']} alternating repeat(s) per phase."), "",
-             (f"FLOPs per image: extraction {result['flops_per_image']['extraction'] / 1e6:.1f} M (encoder to stage3), training "
+             (f"FLOPs per image: extraction {result['flops_per_image']['extraction'] / 1e6:.1f} M (encoder to {LAYERS[-1]}), training "
               f"{result['flops_per_image']['training'] / 1e6:.1f} M (3 x the whole forward). fp32 matmul peak "
               f"{p['fp32']['wall']:.0f} GFLOP/s wall / {p['fp32']['cpu']:.0f} per CPU-second"
               + (f"; bf16 {p['bf16']['wall']:.0f} / {p['bf16']['cpu']:.0f}" if "bf16" in p else "") + "."), "",

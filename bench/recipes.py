@@ -317,9 +317,13 @@ def machine(precision: str) -> dict:
 
 
 def record_model(record: dict) -> dict | None:
-    """The model config of a record; records written before it was stored read it from their config file."""
+    """The model config of a record; records written before it was stored read it from their config file, and a
+    stored one lacking a key added since (``convae.config.ADDED_KEYS``: the stem) ran without it."""
     if "model" in record:
-        return record["model"]
+        from convae.config import ADDED_KEYS
+
+        added = {key.split(".", 1)[1]: value for key, value in ADDED_KEYS.items() if key.startswith("model.")}
+        return {**added, **record["model"]}
     path = ROOT / record["config"]
     return read_recipe(path)[0].to_dict()["model"] if path.exists() else None
 
@@ -473,9 +477,11 @@ def table() -> str:
             cv, fc = best_c1(conv), best_c1(dense)
             lines.append(f"ConvAE vs FCAE at each one's best layer, both with C=1: {cv:.2f}% vs {fc:.2f}% ({cv - fc:+.2f} points; "
                          f"target +3.0 {'met' if cv - fc >= 3 else 'missed'}).")
+        from convae.config import DEFAULT_STEPS
+
         lines.append(f"Default: `convae train`, `convae demo` and `ConvAEFeatures()` use the **{DEFAULT_RECIPE}** architecture and "
-                     f"objective (configs/{DEFAULT_RECIPE}.toml), the best full row measured, for 557 steps (50 TFLOP; the "
-                     "*t50* row of the accuracy-per-compute section below) instead of its 10 epochs; `ConvAEFeatures()` "
+                     f"objective (configs/{DEFAULT_RECIPE}.toml), the best accuracy per compute measured, for {DEFAULT_STEPS:,} steps "
+                     "(50 TFLOP; the *s50* row of the accuracy-per-compute section below); `ConvAEFeatures()` "
                      "returns its two deepest stages flattened.")
     lines.append("")
     return "\n".join(lines)
