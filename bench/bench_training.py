@@ -23,7 +23,8 @@ Roofline convention: FLOPs per training image as ``torch.utils.flop_counter.Flop
 forward and backward pass (``convae.training.cost.train_flops_per_image``, the recipes' count; the fixed stem
 runs forward only). Results before issue 15's stem used 3 x the forward FLOPs of
 ``ConvAutoencoder.flops_per_image()`` (their JSON's ``convention`` says which). Elementwise ops, pooling and the
-optimizer are not counted. Achieved FLOP/s divided by the best large ``torch.matmul`` FLOP/s in the same
+optimizer are not counted. Achieved FLOP/s divided by the best large dense product's FLOP/s (``_common.gemm_peak``: MKL's ``torch.matmul`` or
+oneDNN's 1x1 conv, whichever is faster) in the same
 precision, measured in the same run at the same thread count.
 """
 
@@ -169,7 +170,7 @@ def run(quick: bool = False) -> dict:
 
 
 def table(result: dict) -> list[str]:
-    rows = ["| threads | loop | img/s wall (median) | img/s per CPU-second (median) | vs reference (wall / CPU) | share of matmul peak (wall / CPU) |",
+    rows = ["| threads | loop | img/s wall (median) | img/s per CPU-second (median) | vs reference (wall / CPU) | share of the dense-product peak (wall / CPU) |",
             "|---|---|---:|---:|---:|---:|"]
     for key, block in result.items():
         roof = block["roofline"]
@@ -187,7 +188,7 @@ def table(result: dict) -> list[str]:
 
 
 def peaks_table(result: dict) -> list[str]:
-    rows = ["| threads | bf16 matmul GFLOP/s (wall / CPU) | fp32 matmul GFLOP/s (wall / CPU) |", "|---|---:|---:|"]
+    rows = ["| threads | bf16 peak GFLOP/s (wall / CPU) | fp32 peak GFLOP/s (wall / CPU) |", "|---|---:|---:|"]
     for block in result.values():
         p = block["gemm_peak_gflops"]
         rows.append(f"| {block['threads']} | {p['bf16']['wall']:.0f} / {p['bf16']['cpu']:.0f} | {p['fp32']['wall']:.0f} / {p['fp32']['cpu']:.0f} |")

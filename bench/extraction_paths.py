@@ -27,9 +27,9 @@ phase 3. Within each phase the repeats alternate between the paths; each path ru
 batches before timing (oneDNN builds its kernels on first use).
 
 FLOPs: extraction = the forward FLOPs of the encoder up to the deepest feature layer (``torch.utils.flop_counter.
-FlopCounterMode`` on one batch: convs only, 2 x multiply-accumulates); training = 3 x the forward FLOPs
-of the whole autoencoder (bench/bench_training.py's convention). The share of the peak is achieved
-GFLOP/s over the best large fp32 ``torch.matmul`` (bench/_common.py's ``gemm_peak``, best of before
+FlopCounterMode`` on one batch: convs only, 2 x multiply-accumulates); training = FlopCounterMode over forward and backward (``train_flops_per_image``, bench/bench_training.py's convention;
+before issue 15's stem, 3 x the forward FLOPs of the whole autoencoder). The share of the peak is achieved
+GFLOP/s over the best large fp32 dense product (``torch.matmul`` or a 1x1 conv: bench/_common.py's ``gemm_peak``, best of before
 and after the timings), on both clocks (wall, and this process's CPU time).
 
 Writes bench/results/extraction_paths.json and .md (``--quick``: extraction_paths-quick.*; ``--out``
@@ -238,7 +238,11 @@ def run(n_images: int, repeats: int, train_images: int, thread_count: int | None
         log(f"{n_images:,} images, {repeats} repeat(s), {used} threads, training on {train_images:,} images, native bf16: {native_bf16}")
         model = default_model(images)
         paths = Paths(model)
-        flops = {"extraction": encoder_flops_per_image(model), "training": 3 * model.flops_per_image()}  # bench_training.py's convention: 3 x the forward
+        from convae.config import TrainConfig
+        from convae.training.cost import train_flops_per_image
+
+        flops = {"extraction": encoder_flops_per_image(model),  # bench_training.py's convention: FlopCounterMode, forward + backward
+                 "training": train_flops_per_image(model, SHAPE, TrainConfig())}
         check = images[:min(512, max(128, n_images // 4))]  # warm-up and the parity check against ``plain``
         reference = manual(model, check, DEFAULT_BATCH, inference=False, channels_last=False)
         peaks_before = {"fp32": gemm_peak(torch.float32, seconds=peak_seconds)}
@@ -347,7 +351,7 @@ def report(result: dict) -> str:
               f"{result['images']:,} Fashion-MNIST images, features {'+'.join(result['layers'])} flattened "
               f"({result['n_features']:,} per image), {result['repeats']} alternating repeat(s) per phase."), "",
              (f"FLOPs per image: extraction {result['flops_per_image']['extraction'] / 1e6:.1f} M (encoder to {LAYERS[-1]}), training "
-              f"{result['flops_per_image']['training'] / 1e6:.1f} M (3 x the whole forward). fp32 matmul peak "
+              f"{result['flops_per_image']['training'] / 1e6:.1f} M (FlopCounterMode, forward and backward). fp32 dense-product peak "
               f"{p['fp32']['wall']:.0f} GFLOP/s wall / {p['fp32']['cpu']:.0f} per CPU-second"
               + (f"; bf16 {p['bf16']['wall']:.0f} / {p['bf16']['cpu']:.0f}" if "bf16" in p else "") + "."), "",
              *table(result), "",
