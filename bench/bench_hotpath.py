@@ -39,7 +39,7 @@ def make_step(*, batch: int = BATCH, precision: str | None = None, fused: bool =
         tutorial_layers(model)
     model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True if fused else None)
-    x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    x = model.target(torch.rand(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last))  # a stem's maps, computed once
     forward = torch.compile(model.reconstruct_logits) if compile else model.reconstruct_logits
 
     def step():

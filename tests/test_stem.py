@@ -212,3 +212,41 @@ def test_the_report_of_a_stem_run_shows_the_fixed_wavelets(stem_run, tmp_path):
 
     html = build_report(stem_run[0])
     assert "the fixed scattering stem" in html and "Morlet wavelets" in html
+
+
+def test_gradients_reach_the_image_through_the_stem_and_it_runs_in_fp32_under_autocast():
+    model = ConvAutoencoder((1, 28, 28), channels=(8, 8), norm="batch", bottleneck="conv", stem="scattering").eval()
+    x = smooth_images(2, 28).requires_grad_(True)
+    model.forward_intermediates(x, ["stage2"])["stage2"].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # activation maximization ascends through the stem
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = model.target(smooth_images(2, 28))
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, model.target(smooth_images(2, 28)))
+
+
+def test_flops_per_image_counts_the_stem():
+    with_stem = ConvAutoencoder((1, 28, 28), channels=(8, 8), stem="scattering")
+    learned = ConvAutoencoder((9, 14, 14), channels=(8, 8))
+    stem = 2 * (16 * 13 * 13 * 28 * 28 + 9 * 7 * 7 * 14 * 14)
+    assert with_stem.stem.flops(28, 28) == stem
+    # the decoders differ only in their last conv's output channels (9 maps here, 9 channels there): equal
+    assert with_stem.flops_per_image() == learned.flops_per_image() + stem
+
+
+def test_an_encoder_exported_before_the_stem_rebuilds_without_one():
+    import dataclasses
+
+    from convae.config import ModelConfig
+
+    old = dataclasses.asdict(ModelConfig(channels=[64, 128, 128]))
+    for key in ("stem", "stem_J", "stem_L"):
+        del old[key]
+    cfg = RunConfig.from_dict({"model": old}, source="an old encoder header")
+    assert cfg.model.stem == "none" and "stem" not in cfg.model.model_kwargs((1, 28, 28))
+
+
+def test_an_fcae_run_records_no_stem():
+    from convae.config import resolve_stem
+
+    assert resolve_stem(apply_overrides(RunConfig(), ["model.kind=dense"]), (1, 28, 28)).model.stem == "none"

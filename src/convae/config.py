@@ -106,8 +106,8 @@ def resolve_length(cfg: "RunConfig") -> "RunConfig":
 def resolve_stem(cfg: "RunConfig", in_shape) -> "RunConfig":
     """Sets ``model.stem="auto"`` to the stem it means on images of ``in_shape`` (:meth:`ModelConfig.stem_for`), so
     config.json says what ran; every other config is returned as it is."""
-    if cfg.model.kind == "conv" and cfg.model.stem == "auto":
-        cfg.model.stem = cfg.model.stem_for(in_shape)
+    if cfg.model.stem == "auto":  # an FCAE has no stem: "none", as its records saved before the stem read
+        cfg.model.stem = cfg.model.stem_for(in_shape) if cfg.model.kind == "conv" else "none"
     return cfg
 
 
@@ -199,7 +199,7 @@ CHOICES = {
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 ALIASES = {"model.pool": "model.downsample"}  # old name -> the one name; both read, only the new one is written
 # Keys added after runs were first saved, with the value a saved record (a run's config.json) lacking them ran with.
-ADDED_KEYS = {"model.stem": "none"}
+ADDED_KEYS = {"model.stem": "none", "model.stem_J": 1, "model.stem_L": 8}
 # The [model] keys each kind uses (besides ``kind``): the constructor arguments of ConvAutoencoder and
 # DenseAutoencoder (tests/test_models.py checks). Any other model key given for that kind is an error.
 KIND_KEYS = {

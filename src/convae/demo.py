@@ -55,6 +55,7 @@ def run_demo(data: str = "fashion-mnist", out: str | Path = "runs/demo", epochs:
                          "epochs_trained": len(result.history), "steps": result.history[-1]["step"] if result.history else 0,
                          "train_tflop": result.history[-1].get("train_tflop") if result.history else 0,
                          "time_budget": cfg.train.time_budget,
+                         "reconstructs": "pixels" if getattr(result.model, "stem", None) is None else "stem maps",
                          **{f"{eval_name}_{k}": v for k, v in metrics.items()}}
     # The per-layer linear probe: ConvAE, FCAE, the untrained encoder and raw pixels side by side.
     logger.info("probing the ConvAE's layers beside the FCAE, the untrained encoder and raw pixels")
@@ -87,6 +88,9 @@ def format_demo(result: dict) -> str:
              + (f", trained to a time budget of {budgets} (ConvAE / FCAE) on this machine" if budgets else ""), "",
              f"{'':<{width}}{'ConvAE':>14}{'FCAE':>14}"]
     lines += [f"{name:<{width}}{a:>14}{b:>14}" for name, a, b in rows]
+    if conv.get("reconstructs") == "stem maps":
+        lines += ["(the ConvAE reconstructs its fixed scattering stem's maps, the FCAE the pixels: their MSE, PSNR and SSIM "
+                  "measure different things)"]
     lines += ["", f"runs: {conv['run_dir']}  (ConvAE)", f"      {dense['run_dir']}  (FCAE)",
               f"inspect one with: convae inspect {conv['run_dir']}"]
     if result.get("probe_table"):

@@ -279,6 +279,8 @@ def _recon_metrics(runs: dict[str, Run], dataset, limit: int = 2000) -> str:
     for name, run in runs.items():
         last = run.metrics[-1] if run.metrics else {}
         test = evaluate(run.model, dataset, idx, precision="fp32", device=torch.device("cpu"))
+        if getattr(run.model, "stem", None) is not None:
+            name += " (of its stem's maps, not pixels)"
         rows.append([name, f"{run.model.parameter_counts()['total']:,}", last.get("epoch", ""),
                      f"{last['val_mse']:.5f}" if "val_mse" in last else "", f"{test['mse']:.5f}", f"{test['psnr']:.2f}", f"{test['ssim']:.4f}"])
     where = f"{len(idx):,} {dataset.split}-split images"

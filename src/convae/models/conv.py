@@ -247,11 +247,13 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         """What the autoencoder reconstructs from images ``x``: the stem's maps, or ``x`` itself without a stem.
-        :meth:`reconstruct_logits` and :meth:`decode` work in this space; the stem is fixed, so it takes no gradient."""
+        :meth:`reconstruct_logits` and :meth:`decode` work in this space. The stem runs in fp32 whatever the autocast
+        (training, evaluation and extraction see the same maps); it has no parameters, and gradients reach ``x``
+        through it (activation maximization)."""
         if self.stem is None:
             return x
-        with torch.no_grad():
-            return self.stem(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.stem(x.float())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> latent (B, latent_dim) or (B, latent_dim, h, w)."""
@@ -304,7 +306,8 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         return torch.sigmoid(self.reconstruct_logits(self.target(x)))
 
     def flops_per_image(self) -> int:
-        """Multiply-accumulates x 2 of one forward pass (convs and linears), from the architecture."""
-        return count_flops(self, self.in_shape)
+        """Multiply-accumulates x 2 of one forward pass (convs and linears, the stem's included), from the architecture."""
+        stem = 0 if self.stem is None else self.stem.flops(*self.in_shape[1:])
+        return count_flops(self, self.in_shape) + stem
 
 

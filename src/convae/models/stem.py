@@ -8,7 +8,7 @@ each scale and orientation. With J=1, L=8 on 28x28 grayscale images: 9 maps of 1
 
 The filters are Kymatio's (its Morlet and Gabor designs, ``kymatio.scattering2d.filter_bank``), laid
 out as small spatial kernels so the stage is two ordinary convolutions: it runs wherever convolutions
-run, exports to ONNX, and costs a few MFLOP per image (``ScatteringStem.flops``). Kymatio itself
+run, exports to ONNX, and costs a few MFLOP per image (:meth:`ScatteringStem.flops`: 4.6 on 28x28). Kymatio itself
 computes the transform with FFTs over a periodised, reflect-padded image; here the image is
 reflect-padded and convolved, so the two agree away from the borders (measured on Fashion-MNIST
 in ``tests/test_stem.py``).
@@ -94,6 +94,13 @@ class ScatteringStem(nn.Module):
     def receptive_field(self) -> int:
         """Input pixels one output position sees across (the wavelet window plus the low-pass window, less one)."""
         return self.wavelets.shape[-1] + self.lowpass.shape[-1] - 1
+
+    def flops(self, h: int, w: int) -> int:
+        """Forward FLOPs (2 x multiply-accumulates) on one H x W image: the wavelet conv at full resolution and the
+        low-pass conv at the output's."""
+        k, kp, n = self.wavelets.shape[-1], self.lowpass.shape[-1], self.J * self.L
+        oh, ow = self.out_size(h, w)
+        return 2 * self.in_channels * (2 * n * k * k * h * w + (1 + n) * kp * kp * oh * ow)
 
     def _maps(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> unscaled (B, C * (1 + J * L), h, w)."""
