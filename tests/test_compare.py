@@ -275,3 +275,19 @@ def test_compare_cli_runs_prints_recon_vs_probe_and_writes_json(three_runs, tmp_
     assert "--data" in capsys.readouterr().err
     assert main(["compare", "--data", "digits", "--shifts", "1,x", "--out", str(tmp_path / "none")]) == 2
     assert "'x' is not a whole number" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_compare_figures_say_when_the_convae_reconstructs_stem_maps(quick_result):
+    import copy
+
+    from convae.viz.compare_plots import compare_figures
+
+    result = json.loads(json.dumps(quick_result[1]))  # the first compare's result (later tests rewrite its directory)
+    assert result["meta"]["configs"]["conv"]["model"]["stem"] == "none"  # 12x16 images: model.stem="auto" gives none
+    plain = compare_figures(result)
+    assert "stem" not in plain["permutation"].axes[1].get_ylabel()
+    stem = copy.deepcopy(result)
+    stem["meta"]["configs"]["conv"]["model"]["stem"] = "scattering"
+    figures = compare_figures(stem)
+    assert "stem's maps" in figures["permutation"].axes[1].get_ylabel()
+    assert "stem's maps" in figures["hunger"].axes[0].get_ylabel()

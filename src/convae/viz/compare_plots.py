@@ -156,6 +156,13 @@ def compare_figures(result: dict) -> dict[str, Figure]:
     """``{name: Figure}`` for every section present in a compare result."""
     makers = {"parameters": plot_parameters, "hierarchy": plot_hierarchy, "permutation": plot_permutation,
               "translation": plot_translation, "hunger": plot_hunger}
-    return {name: make(result[name]) for name, make in makers.items() if name in result}
+    figures = {name: make(result[name]) for name, make in makers.items() if name in result}
+    conv_model = result.get("meta", {}).get("configs", {}).get("conv", {}).get("model", {})
+    if conv_model.get("stem") == "scattering":  # its reconstruction error is over the stem's maps, the FCAE's over pixels
+        for name, axis in (("permutation", 1), ("hunger", 0)):
+            if name in figures:
+                ax = figures[name].axes[axis]
+                ax.set_ylabel(ax.get_ylabel() + "\n(ConvAE: of its stem's maps, not pixels)", fontsize=8)
+    return figures
 
 
