@@ -235,7 +235,7 @@ class ConvAutoencoder(FeatureModelMixin, nn.Module):
         base = len(self._stem_layers)
         for i, stage in enumerate(self.stages):  # (B, C_i, H_i, W_i)
             if base + i > last:
-                return {n: out[n] for n in self.layer_names if n in out}
+                break
             x = stage(x)
             if self.layer_names[base + i] in wanted:
                 out[self.layer_names[base + i]] = x
