@@ -85,6 +85,10 @@ def machine_info() -> dict:
         "cores_online": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "isa": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}),
+        # what the kernels may use: torch's own (ATEN_CPU_CAPABILITY), oneDNN's and MKL's caps. With
+        # ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 a newer CPU runs as an AVX2-only one
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
         "fast_bf16": cpu_has_fast_bf16(),
         "bf16_speedup": bf16_speedup(),  # measured conv step, or CONVAE_BF16_SPEEDUP when given (below)
         "bf16_speedup_given": os.environ.get("CONVAE_BF16_SPEEDUP"),
@@ -98,6 +102,14 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "argv": sys.argv,
     }
+
+
+def machine_line(m: dict) -> str:
+    """The CPU, its ISA flags and any ISA cap in one phrase, for result headers."""
+    caps = m.get("isa_caps") or {}
+    cap = (f"; run as {m.get('torch_cpu_capability', '?')} (" + " ".join(f"{k}={v}" for k, v in caps.items()) + ")") if caps else ""
+    gen = f", {m['cpu_generation']}" if m.get("cpu_generation") else ""
+    return f"{m['cpu']}{gen} ({', '.join(m.get('isa', []))}{cap})"
 
 
 # --- timing ----------------------------------------------------------------------------------------------

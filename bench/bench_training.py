@@ -208,17 +208,18 @@ def main(argv=None) -> int:
     import json
     from pathlib import Path
 
-    from _common import machine_info
+    from _common import machine_info, machine_line
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2560)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", required=True, help="results stem, e.g. bench/results/training-mycpu")
     args = parser.parse_args(argv)
+    machine = machine_info()  # before the timing: its load average is the load the timing started under
     result = {"default_threads": compare(args.images, args.repeats, None)}
-    lines = table(result) + [""] + peaks_table(result)
+    lines = [f"{machine_line(machine)}, load {machine['load_average_start']} at the start", ""] + table(result) + [""] + peaks_table(result)
     out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine_info(), "training": result}, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "training": result}, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, fashion, gemm_peak, load_average, machine_info, rate_summary, threads, timed
+from _common import ROOT, fashion, gemm_peak, load_average, machine_info, machine_line, rate_summary, threads, timed
 
 SHAPE = (1, 28, 28)
 
@@ -346,7 +346,7 @@ def table(result: dict) -> list[str]:
 def report(result: dict) -> str:
     m, p = result["machine"], result["gemm_peak_gflops"]
     lines = [f"# Extraction paths of the default model ({'quick' if result.get('quick') else 'full'})", "",
-             (f"{result['when']}, {m['cpu']} ({', '.join(m['isa'])}), {result['threads']} threads, load "
+             (f"{result['when']}, {machine_line(m)}, {result['threads']} threads, load "
               f"{m['load_average_start']} at the start, {result['load_average_end']} at the end; "
               f"{result['images']:,} Fashion-MNIST images, features {'+'.join(result['layers'])} flattened "
               f"({result['n_features']:,} per image), {result['repeats']} alternating repeat(s) per phase."), "",

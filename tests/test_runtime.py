@@ -77,6 +77,14 @@ def test_without_bf16_flags_nothing_is_measured(monkeypatch, fresh_measurement):
     assert "emulated" in runtime.slow_bf16_note()
 
 
+@pytest.mark.parametrize("isa, native", [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_AMX", True)])
+def test_a_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, isa, native):
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN emulate bf16 on a CPU whose flags say AVX-512-BF16 (measured 0.08x fp32)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert runtime.cpu_bf16_flags() is native
+
+
 def test_the_bf16_speed_can_be_given_instead_of_measured(monkeypatch, fresh_measurement):
     monkeypatch.setattr(runtime, "_measure_bf16_speedup", lambda: pytest.fail("measured despite CONVAE_BF16_SPEEDUP"))
     monkeypatch.setenv("CONVAE_BF16_SPEEDUP", "2.5")

@@ -39,8 +39,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 FAST_BF16 = 1.25  # bf16 autocast must make the probe's conv step at least this much faster for "auto" to pick it
 
 
+# oneDNN's ISA caps (``ONEDNN_MAX_CPU_ISA``) under which its convolutions have no native bf16 instructions.
+_ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 def cpu_bf16_flags() -> bool:
-    """True where the CPU says it runs bf16 matrix work natively (AMX or AVX-512-BF16)."""
+    """True where the CPU says it runs bf16 matrix work natively (AMX or AVX-512-BF16).
+
+    False also where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below its bf16 kernels (``AVX2`` for instance, the
+    way to run as an AVX2-only CPU does on a newer one): oneDNN then emulates bf16 whatever the flags say.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # older torch
