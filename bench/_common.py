@@ -88,7 +88,7 @@ def machine_info() -> dict:
         # what the kernels may use: torch's own (ATEN_CPU_CAPABILITY), oneDNN's and MKL's caps. With
         # ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 a newer CPU runs as an AVX2-only one
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
+        "isa_caps": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ},
         "fast_bf16": cpu_has_fast_bf16(),
         "bf16_speedup": bf16_speedup(),  # measured conv step, or CONVAE_BF16_SPEEDUP when given (below)
         "bf16_speedup_given": os.environ.get("CONVAE_BF16_SPEEDUP"),
