@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -137,7 +138,16 @@ def read_recipe(path: Path):
     """The recipe's RunConfig (``load_config`` skips the ``[probe]`` table) and its ``[probe]`` table."""
     from convae.config import load_config
 
-    return load_config(path), tomllib.loads(path.read_text()).get("probe", {})
+    class ProbeTableRead(logging.Filter):  # this bench is the [probe] table's reader: load_config's warning is noise here
+        def filter(self, record):
+            return "[probe] table" not in record.getMessage()
+
+    log, quiet = logging.getLogger("convae.config"), ProbeTableRead()
+    log.addFilter(quiet)
+    try:
+        return load_config(path), tomllib.loads(path.read_text()).get("probe", {})
+    finally:
+        log.removeFilter(quiet)
 
 
 def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[str, np.ndarray]:
@@ -147,6 +157,7 @@ def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[s
     (a pooling per layer, concatenated in that order).
     """
     from convae.features import parse_pool
+    from convae.progress import Progress
     from convae.runtime import to_input
 
     parsed: dict[str, list] = {}
@@ -160,11 +171,12 @@ def all_features(model, data, specs: list[str], batch_size: int = 500) -> dict[s
     wanted = sorted({name for parts in parsed.values() for name, _ in parts}, key=model.layer_names.index)
     chunks: dict[str, list[np.ndarray]] = {spec: [] for spec in specs}
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress(len(data), unit="img", desc=f"features ({data.split})") as bar:
         for batch in data.batches(np.arange(len(data)), batch_size):
             maps = model.forward_intermediates(to_input(batch, torch.device("cpu"), False), wanted)
             for spec, parts in parsed.items():
                 chunks[spec].append(torch.cat([pooling(maps[name]) for name, pooling in parts], dim=1).numpy())
+            bar.update(batch.shape[0])
     return {spec: np.concatenate(c) for spec, c in chunks.items()}
 
 
@@ -204,7 +216,7 @@ def run_recipe(path: Path, args) -> dict:
             import shutil
 
             shutil.rmtree(run_dir)
-        result = train(config, run_dir, dataset=train_data, progress=False)
+        result = train(config, run_dir, dataset=train_data, progress=True)  # a bar, or a log line every 30 s
         model, history = result.model, result.history
     train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
     images = images_seen(history, len(train_data), config.train)
@@ -685,6 +697,9 @@ def main(argv=None) -> int:
     p.add_argument("--tflop", type=float, help="train for this many TFLOP (forward + backward, FlopCounterMode) instead "
                    "of the recipe's epochs; the schedule is planned to end there")
     args = p.parse_args(argv)
+    # Progress of the training and the feature passes: a bar on a terminal, else a line every 30 s (convae.progress)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("convae.progress").setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "src"))
     for path in args.recipes:

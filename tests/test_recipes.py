@@ -112,6 +112,38 @@ def test_recipe_bench_picks_C_on_held_out_training_images_only():
     assert recipes.tuned_logreg_accuracy(train, y_train, test, shuffled, [1e-4, 1e-2, 1.0, 100.0], val_size=200)[1:] == (C, val)
 
 
+def test_recipe_bench_reads_the_probe_table_quietly_and_logs_its_feature_passes(caplog, monkeypatch):
+    """The bench is the [probe] table's reader, so load_config's warning about it is silenced there (and only
+    there); its feature passes log progress lines when the output is no terminal."""
+    import logging
+    import sys
+    from pathlib import Path
+
+    from convae.config import load_config
+    from convae.data.arrays import ImageDataset
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    import recipes
+
+    recipe = root / "configs" / f"{recipes.DEFAULT_RECIPE}.toml"
+    with caplog.at_level(logging.WARNING, logger="convae.config"):
+        _, probe = recipes.read_recipe(recipe)
+    assert probe["features"] and not [r for r in caplog.records if "[probe] table" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="convae.config"):
+        load_config(recipe)  # outside the bench the warning stands
+    assert [r for r in caplog.records if "[probe] table" in r.getMessage()]
+
+    caplog.clear()
+    monkeypatch.setenv("CONVAE_PROGRESS_INTERVAL", "0")  # a line per batch
+    model = ConvAutoencoder((1, 16, 16), channels=(4, 8)).eval()
+    data = ImageDataset(images=torch.zeros(5, 1, 16, 16, dtype=torch.uint8), labels=None, spec="array", split="train")
+    with caplog.at_level(logging.INFO, logger="convae.progress"):
+        recipes.all_features(model, data, ["stage2"], batch_size=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "convae.progress"]
+    assert lines and lines[-1].startswith("features (train): 5/5 img")
+
+
 def test_defaults_follow_the_default_recipe_config():
     """RunConfig() and ConvAEFeatures() train what configs/<DEFAULT_RECIPE>.toml says (epochs aside)."""
     import sys
