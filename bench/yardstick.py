@@ -67,31 +67,49 @@ def measure(methods: list[str], grid: list[float]) -> list[dict]:
     return rows
 
 
-def recipe_rows(tag: str) -> dict | None:
-    """The default recipe's stage2+stage3 rows (trained and untrained) of one tag in bench/results/recipes.json."""
-    from recipes import DEFAULT_RECIPE, record_tflop
+# The convae rows beside the hand-designed ones: (recipe, tag, the tag of its untrained rows, features, label).
+# The first is the default recipe (recipes.DEFAULT_RECIPE) with the features its [probe] table names.
+CONVAE_ROWS = (
+    ("scat1-mask", "s50", "s50u", "stage1+stage2:flatten", "convae default"),
+    ("deep2-mask", "t50", "t50", "stage2+stage3:flatten", "the default before the stem"),
+    ("deep2-mask", "full", "full", "stage2+stage3:flatten", "the 10-epoch recipe before issue 15"),
+)
+
+
+def recipe_rows(recipe: str, tag: str, features: str, untrained_tag: str | None = None) -> dict | None:
+    """The rows of one feature set (trained, from ``tag``; untrained, from ``untrained_tag``, default ``tag``) of
+    ``recipe`` in bench/results/recipes.json, keyed (family, "C=1" or "tuned")."""
+    from recipes import record_tflop
 
     records = json.loads((ROOT / "bench" / "results" / "recipes.json").read_text())
-    record = next((r for r in records if r["recipe"] == DEFAULT_RECIPE and r["tag"] == tag), None)
+
+    def find(t):
+        return next((r for r in records if r["recipe"] == recipe and r["tag"] == t), None)
+
+    record = find(tag)
     if record is None:
         return None
     pick = {}
-    for row in record["rows"]:
-        if row["features"] == "stage2+stage3:flatten" and row["post"] == "none":
-            pick[(row["family"], "tuned" if row.get("head") == "C=val" else row.get("head", "C=1"))] = row
+    for source, family in ((record, "trained"), (find(untrained_tag or tag), "untrained")):
+        for row in (source or {}).get("rows", []):
+            if row["features"] == features and row["post"] == "none" and row["family"] == family:
+                pick[(family, "tuned" if row.get("head") == "C=val" else row.get("head", "C=1"))] = row
     m = record.get("machine")
     where = f"{m['cpu']}, {m['precision']}" if m else "an AMX machine, bf16"
-    return {"recipe": DEFAULT_RECIPE, "tag": tag, "train_seconds": record["train_seconds"], "epochs": record["epochs"],
-            "tflop": record_tflop(record), "rows": pick, "when": record.get("when"), "where": where}
+    return {"recipe": recipe, "tag": tag, "untrained_tag": untrained_tag or tag, "train_seconds": record["train_seconds"],
+            "epochs": record["epochs"], "tflop": record_tflop(record), "rows": pick, "when": record.get("when"),
+            "where": where, "features": features}
 
 
 def table() -> str:
+    from _common import machine_line
+
     rows = json.loads(RESULTS.read_text())
     titles = {"raw": "raw pixels", "hog": "HOG", "scattering": "scattering"}
     lines = ["| features | training | dim | C=1 | C chosen on held-out images |", "|---|---|---:|---:|---:|"]
     notes = []
-    for tag, label in (("t50", "convae default"), ("full", "the 10-epoch recipe before issue 15")):
-        recipe = recipe_rows(tag)
+    for recipe_name, tag, untrained_tag, features, label in CONVAE_ROWS:
+        recipe = recipe_rows(recipe_name, tag, features, untrained_tag)
         if recipe is None:
             continue
         r = recipe["rows"]
@@ -99,10 +117,13 @@ def table() -> str:
         def cell(key):
             return f"{100 * r[key]['accuracy']:.2f}%" + (f" (C={r[key]['C']:g})" if key[1] == "tuned" else "") if key in r else "-"
 
-        lines += [f"| {label} ({recipe['recipe']}), stage2+stage3 flattened | {recipe['tflop']:.0f} TFLOP | 8,320 | "
-                  f"{cell(('trained', 'C=1'))} | {cell(('trained', 'tuned'))} |",
-                  f"| the same encoder, untrained | none | 8,320 | {cell(('untrained', 'C=1'))} | {cell(('untrained', 'tuned'))} |"]
-        notes.append(f"{label} rows by `python bench/recipes.py configs/{recipe['recipe']}.toml --tag {tag} ...` on "
+        dim = next(iter(r.values()))["dim"] if r else 0
+        layers, pool = features.split(":")
+        lines += [f"| {label} ({recipe_name}), {layers.replace('+', ' + ')} {'flattened' if pool == 'flatten' else pool} | "
+                  f"{recipe['tflop']:.0f} TFLOP | {dim:,} | {cell(('trained', 'C=1'))} | {cell(('trained', 'tuned'))} |",
+                  f"| the same encoder, untrained | none | {dim:,} | {cell(('untrained', 'C=1'))} | {cell(('untrained', 'tuned'))} |"]
+        also = f", untrained rows `--tag {untrained_tag} --untrained-only`" if untrained_tag != tag else ""
+        notes.append(f"{label} rows by `python bench/recipes.py configs/{recipe_name}.toml --tag {tag} ...`{also} on "
                      f"{recipe['when']} ({recipe['train_seconds']:.0f} s of training on {recipe['where']})")
     for row in rows:
         settings = ", ".join(f"{k}={v}" for k, v in row["params"].items())
@@ -112,8 +133,8 @@ def table() -> str:
     m = rows[0]["machine"]
     timings = ", ".join(f"{x['features']} {x['feature_seconds']:.0f} s" for x in rows)
     grids = sorted({", ".join(f"{c:g}" for c in x.get("grid", GRID)) for x in rows})
-    lines += ["", f"Hand-designed rows measured {', '.join(sorted({x['when'][:10] for x in rows}))} on {m.get('cpu')} "
-              f"({', '.join(m.get('isa', []))}), {m.get('threads')} threads, load {m.get('load_average_start', ['?'])[0]} at the "
+    lines += ["", f"Hand-designed rows measured {', '.join(sorted({x['when'][:10] for x in rows}))} on {machine_line(m)}, "
+              f"{m.get('threads')} threads, load {m.get('load_average_start', ['?'])[0]} at the "
               f"start, fp32 (features: {timings}; C grid {' / '.join(grids)}); " + "; ".join(notes) + "."]
     return "\n".join(lines)
 

@@ -187,3 +187,45 @@ def test_every_recipe_config_loads_and_builds_what_it_says(name):
         assert key in raw["train"], f"{name}: train.{key} must be written out (its default changed with issue 7)"
     if cfg.model.kind == "conv":
         assert "convs_per_stage" in raw["model"], f"{name}: model.convs_per_stage must be written out (its default changed)"
+
+
+def test_yardstick_table_shows_the_default_recipe_with_its_own_features_and_untrained_rows_from_their_tag(tmp_path, monkeypatch):
+    """The yardstick's convae rows start with the default recipe on the features its [probe] table names, and take
+    the untrained rows from the tag that measured them (an --untrained-only record)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "bench"))
+    import recipes
+    import yardstick
+
+    name, tag, untrained_tag, features, _ = yardstick.CONVAE_ROWS[0]
+    assert name == recipes.DEFAULT_RECIPE
+    assert features in recipes.read_recipe(root / "configs" / f"{name}.toml")[1]["features"]
+
+    def row(family, acc, head=None, C=None):
+        return {"features": features, "post": "none", "family": family, "dim": 12, "accuracy": acc,
+                **({"head": head, "C": C} if head else {})}
+
+    records = [
+        {"recipe": name, "tag": tag, "train_seconds": 10.0, "epochs": 1, "train_tflop": 50.0, "when": "w",
+         "machine": {"cpu": "CPU X", "precision": "fp32"},
+         "rows": [row("trained", 0.9, "C=val", 0.003), row("untrained", 0.5, "C=0.01", 0.01)]},
+        {"recipe": name, "tag": untrained_tag, "train_seconds": 0.0, "epochs": 0, "train_tflop": 0.0, "when": "w",
+         "rows": [row("untrained", 0.8, "C=val", 0.01)]},
+    ]
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "recipes.json").write_text(json.dumps(records))
+    hand = tmp_path / "yardstick.json"
+    hand.write_text(json.dumps([{"features": "raw", "params": {}, "dim": 784, "accuracy_C1": 0.8, "accuracy_tuned": 0.81,
+                                 "C": 0.01, "grid": [0.01], "feature_seconds": 0.1, "when": "2026-01-01",
+                                 "machine": {"cpu": "CPU Y", "isa": ["avx2"], "threads": 2, "load_average_start": [0.1]}}]))
+    monkeypatch.setattr(yardstick, "ROOT", tmp_path)
+    monkeypatch.setattr(yardstick, "RESULTS", hand)
+    lines = yardstick.table().splitlines()
+    trained = next(line for line in lines if line.startswith(f"| convae default ({name})"))
+    assert "| 50 TFLOP | 12 | - | 90.00% (C=0.003) |" in trained
+    assert lines[lines.index(trained) + 1] == "| the same encoder, untrained | none | 12 | - | 80.00% (C=0.01) |"
+    assert "CPU Y (avx2)" in lines[-1] and f"--tag {untrained_tag} --untrained-only" in lines[-1]
