@@ -55,7 +55,8 @@ def test_cifar10_recipe_loads_and_builds_at_32x32_and_at_a_larger_image_size():
     for shape in (CIFAR, (3, 64, 64)):
         torch.manual_seed(0)
         model = build_from_config(cfg, shape)
-        assert _forward_shape(model, shape) == (2, *shape)
+        assert model.stem is not None  # the default recipe's scattering stem, as demo and compare use on 32x32x3
+        assert _forward_shape(model, shape) == (2, 3 * 9, shape[1] // 2, shape[2] // 2)  # it reconstructs the stem's maps
     assert tomllib.loads(RECIPE.read_text())["probe"]["features"]  # bench/recipes.py reads it, as in the other recipes
 
 
@@ -83,3 +84,17 @@ def test_the_recipe_fits_the_budget_it_states():
     assert cfg.train.epochs * N_TRAIN * flops <= BUDGET_TFLOP * 1e12
     stated_epochs = _stated(r"([\d.]+) epochs of the 45,000 training images")
     assert stated_epochs == pytest.approx(BUDGET_TFLOP * 1e12 / (flops * N_TRAIN), abs=0.01)
+
+
+def test_the_cifar10_recipe_is_the_default_recipe_with_its_own_length_and_data():
+    """configs/cifar10.toml says it is the default recipe (bench/recipes.DEFAULT_RECIPE) for CIFAR-10: the same model and
+    optimisation, only the epochs and the data differ."""
+    import sys
+
+    sys.path.insert(0, str(RECIPE.parents[1] / "bench"))
+    import recipes
+
+    cifar, default = load_config(RECIPE), load_config(RECIPE.parent / f"{recipes.DEFAULT_RECIPE}.toml")
+    assert cifar.model.model_kwargs(CIFAR) == default.model.model_kwargs(CIFAR)
+    for key in ("optimizer", "weight_decay", "schedule", "mask_ratio", "lr", "batch_size", "noise", "flip", "shift", "loss"):
+        assert getattr(cifar.train, key) == getattr(default.train, key), key
