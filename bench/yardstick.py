@@ -8,8 +8,8 @@ images and the 10,000 test images; StandardScaler + L2 multinomial logistic regr
 solver, scikit-learn's objective), at C=1 and with C chosen from a grid on 10,000 held-out training images
 (the test split plays no part in the choice). HOG and scattering come from convae.analysis.baselines with
 the parameters convae picks for 28x28 images (HOG: 4x4-pixel cells, 2x2 blocks, 9 orientations; scattering:
-J=2, L=8), cached there. The default recipe's rows are read from bench/results/recipes.json, as recorded by
-``python bench/recipes.py configs/deep2-mask.toml``. Every record keeps the CPU model, its flags, the
+J=2, L=8), cached there. The convae rows (``CONVAE_ROWS``: the default recipe first, then earlier defaults) are
+read from bench/results/recipes.json, as recorded by ``python bench/recipes.py configs/NAME.toml``. Every record keeps the CPU model, its flags, the
 threads, and the seconds each step took.
 """
 
