@@ -546,7 +546,10 @@ def frontier_points() -> list[dict]:
         if not rows:
             continue
         top = max(rows, key=lambda r: r["accuracy"])
-        base = matched(rec, top, "untrained")
+        # the untrained row of the record, else one of the same seed-built encoder measured apart (--untrained-only)
+        base = matched(rec, top, "untrained") or cached_untrained(
+            {"model": record_model(rec), "seed": rec.get("seed", 0), "probe_train": rec["probe_train"],
+             "probe_test": rec["probe_test"], "solver": rec.get("solver", 1)}).get(row_key(top))
         m = rec.get("machine", {})
         points.append({"recipe": rec["recipe"], "tag": rec["tag"], "tflop": record_tflop(rec),
                        "minutes": rec["train_seconds"] / 60, "features": top["features"], "C": top["C"],

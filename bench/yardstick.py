@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 RESULTS = ROOT / "bench" / "results" / "yardstick.json"
 DOCS = ROOT / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- yardstick:begin (python bench/yardstick.py --table) -->", "<!-- yardstick:end -->"
-GRID = [0.001, 0.01, 0.1, 1.0]
+GRID = [0.003, 0.01, 0.03]  # the grid of issue 15's recipe rows, so the rows compare
 
 
 def features(method: str, train, test) -> tuple[np.ndarray, np.ndarray, dict, float]:
@@ -113,18 +113,22 @@ def table() -> str:
         if recipe is None:
             continue
         r = recipe["rows"]
+        if not r:  # the record holds no row of these features: nothing to show
+            continue
 
         def cell(key):
             return f"{100 * r[key]['accuracy']:.2f}%" + (f" (C={r[key]['C']:g})" if key[1] == "tuned" else "") if key in r else "-"
 
-        dim = next(iter(r.values()))["dim"] if r else 0
+        dim = next(iter(r.values()))["dim"]
         layers, pool = features.split(":")
         lines += [f"| {label} ({recipe_name}), {layers.replace('+', ' + ')} {'flattened' if pool == 'flatten' else pool} | "
                   f"{recipe['tflop']:.0f} TFLOP | {dim:,} | {cell(('trained', 'C=1'))} | {cell(('trained', 'tuned'))} |",
                   f"| the same encoder, untrained | none | {dim:,} | {cell(('untrained', 'C=1'))} | {cell(('untrained', 'tuned'))} |"]
-        also = f", untrained rows `--tag {untrained_tag} --untrained-only`" if untrained_tag != tag else ""
-        notes.append(f"{label} rows by `python bench/recipes.py configs/{recipe_name}.toml --tag {tag} ...`{also} on "
-                     f"{recipe['when']} ({recipe['train_seconds']:.0f} s of training on {recipe['where']})")
+        has_untrained = any(family == "untrained" for family, _ in r)
+        also = (f", its untrained rows by `--tag {untrained_tag} --untrained-only`"
+                if untrained_tag != tag and has_untrained else "")
+        notes.append(f"{label} rows by `python bench/recipes.py configs/{recipe_name}.toml --tag {tag} ...` on "
+                     f"{recipe['when']} ({recipe['train_seconds']:.0f} s of training on {recipe['where']}){also}")
     for row in rows:
         settings = ", ".join(f"{k}={v}" for k, v in row["params"].items())
         name = titles[row["features"]] + (f" ({settings})" if settings else "")

@@ -136,6 +136,7 @@ def test_recipe_bench_reads_the_probe_table_quietly_and_logs_its_feature_passes(
 
     caplog.clear()
     monkeypatch.setenv("CONVAE_PROGRESS_INTERVAL", "0")  # a line per batch
+    monkeypatch.setattr("convae.progress._is_terminal", lambda stream: False)  # log lines, also under pytest -s
     model = ConvAutoencoder((1, 16, 16), channels=(4, 8)).eval()
     data = ImageDataset(images=torch.zeros(5, 1, 16, 16, dtype=torch.uint8), labels=None, spec="array", split="train")
     with caplog.at_level(logging.INFO, logger="convae.progress"):
@@ -205,16 +206,17 @@ def test_yardstick_table_shows_the_default_recipe_with_its_own_features_and_untr
     assert name == recipes.DEFAULT_RECIPE
     assert features in recipes.read_recipe(root / "configs" / f"{name}.toml")[1]["features"]
 
-    def row(family, acc, head=None, C=None):
-        return {"features": features, "post": "none", "family": family, "dim": 12, "accuracy": acc,
+    def row(family, acc, head=None, C=None, spec=features):
+        return {"features": spec, "post": "none", "family": family, "dim": 12, "accuracy": acc,
                 **({"head": head, "C": C} if head else {})}
 
     records = [
         {"recipe": name, "tag": tag, "train_seconds": 10.0, "epochs": 1, "train_tflop": 50.0, "when": "w",
          "machine": {"cpu": "CPU X", "precision": "fp32"},
-         "rows": [row("trained", 0.9, "C=val", 0.003), row("untrained", 0.5, "C=0.01", 0.01)]},
+         "rows": [row("trained", 0.7, "C=val", 0.01, spec="stage9:avg"), row("trained", 0.9, "C=val", 0.003),
+                  row("untrained", 0.5, "C=0.01", 0.01)]},
         {"recipe": name, "tag": untrained_tag, "train_seconds": 0.0, "epochs": 0, "train_tflop": 0.0, "when": "w",
-         "rows": [row("untrained", 0.8, "C=val", 0.01)]},
+         "rows": [row("untrained", 0.6, "C=val", 0.03, spec="stage9:avg"), row("untrained", 0.8, "C=val", 0.01)]},
     ]
     (tmp_path / "bench" / "results").mkdir(parents=True)
     (tmp_path / "bench" / "results" / "recipes.json").write_text(json.dumps(records))
@@ -229,3 +231,32 @@ def test_yardstick_table_shows_the_default_recipe_with_its_own_features_and_untr
     assert "| 50 TFLOP | 12 | - | 90.00% (C=0.003) |" in trained
     assert lines[lines.index(trained) + 1] == "| the same encoder, untrained | none | 12 | - | 80.00% (C=0.01) |"
     assert "CPU Y (avx2)" in lines[-1] and f"--tag {untrained_tag} --untrained-only" in lines[-1]
+
+
+def test_frontier_pairs_a_trained_point_with_the_same_encoders_untrained_row_measured_apart(tmp_path, monkeypatch):
+    """A record probed with --no-untrained takes the untrained row of an --untrained-only record of the same
+    seed-built encoder and probe split, never one of another seed."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import recipes
+
+    model = RunConfig().to_dict()["model"]
+
+    def record(tag, seed, rows, **extra):
+        return {"recipe": "r", "tag": tag, "train_images": 60000, "probe_train": 60000, "probe_test": 10000, "seed": seed,
+                "solver": recipes.SOLVER, "model": model, "train_seconds": 60.0, "train_tflop": 50.0, "rows": rows, **extra}
+
+    def row(family, acc):
+        return {"features": "stage1+stage2:flatten", "post": "none", "family": family, "accuracy": acc, "head": "C=val", "C": 0.01}
+
+    results = tmp_path / "recipes.json"
+    results.write_text(json.dumps([record("t", 0, [row("trained", 0.93)]), record("t1", 1, [row("trained", 0.92)]),
+                                   record("u", 0, [row("untrained", 0.91)], train_seconds=0.0, train_tflop=0.0)]))
+    monkeypatch.setattr(recipes, "RESULTS", results)
+    points = {p["tag"]: p for p in recipes.frontier_points()}
+    assert set(points) == {"t", "t1"}  # the untrained-only record is no point of its own
+    assert points["t"]["untrained"] == pytest.approx(91.0)
+    assert points["t1"]["untrained"] is None  # seed 1's encoder was never probed untrained
