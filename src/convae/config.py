@@ -543,7 +543,7 @@ def to_toml(cfg: RunConfig) -> str:
 
 
 # Epochs of `convae compare` per dataset when none are given, and the most `convae demo` trains.
-# cifar10: two epochs of the default ConvAE on 45,000 32x32x3 images are 526 MFLOP x 90,000 = 47.4 TFLOP, within the
+# cifar10: two epochs of the default ConvAE on 45,000 32x32x3 images are 526.3 MFLOP x 90,000 = 47.4 TFLOP, within the
 # 50 TFLOP budget of the accuracy-per-compute issue (three would be 71); configs/cifar10.toml is the same recipe.
 DEMO_EPOCHS = {"fashion-mnist": 3, "mnist": 3, "digits": 30, "cifar10": 2}
 # What `convae demo` gives each model's training, on any machine: with the probe and the report the demo
