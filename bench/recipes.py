@@ -350,19 +350,23 @@ def row_key(row: dict) -> tuple[str, str, str]:
     return row["features"], row["post"], row.get("head", "C=1")
 
 
-def cached_untrained(key: dict) -> dict:
-    """``{(features, post, head): row}`` of untrained rows already measured for this encoder and probe split."""
-    if not RESULTS.exists():
-        return {}
-    found = {}
-    for record in json.loads(RESULTS.read_text()):
-        if (record_model(record), record.get("seed", 0), record["probe_train"], record["probe_test"], record.get("solver", 1)) != \
-                (key["model"], key["seed"], key["probe_train"], key["probe_test"], key.get("solver", 1)):
-            continue
-        for row in record["rows"]:
-            if row["family"] == "untrained":
-                found[row_key(row)] = row
-    return found
+def load_records() -> list[dict]:
+    """Every record in bench/results/recipes.json (none before the first run)."""
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+
+
+def encoder_key(record: dict) -> tuple:
+    """The seed-built encoder and probe split that a record's untrained rows belong to; also takes run_recipe's
+    ``model_key``, whose fields every record carries."""
+    return record_model(record), record.get("seed", 0), record["probe_train"], record["probe_test"], record.get("solver", 1)
+
+
+def cached_untrained(key: dict, records: list[dict] | None = None) -> dict:
+    """``{(features, post, head): row}`` of untrained rows already measured for this encoder and probe split, in
+    ``records`` (default: all of recipes.json)."""
+    want = encoder_key(key)
+    return {row_key(row): row for record in (load_records() if records is None else records) if encoder_key(record) == want
+            for row in record["rows"] if row["family"] == "untrained"}
 
 
 def save_record(record: dict) -> None:
@@ -534,22 +538,19 @@ def record_tflop(record: dict) -> float:
 
 def full_size_records() -> list[dict]:
     """The records whose autoencoder trained on, and whose probe fit, all 60,000 training images."""
-    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
-    return [r for r in records if r["train_images"] == 60000 and r["probe_train"] == 60000]
+    return [r for r in load_records() if r["train_images"] == 60000 and r["probe_train"] == 60000]
 
 
 def frontier_points() -> list[dict]:
     """One point per full-size record with a C-chosen-on-held-out row: its best such row and the matched untrained one."""
-    points = []
+    points, records = [], load_records()
     for rec in full_size_records():
         rows = [r for r in rec["rows"] if r["family"] == "trained" and r.get("head") == "C=val"]
         if not rows:
             continue
         top = max(rows, key=lambda r: r["accuracy"])
         # the untrained row of the record, else one of the same seed-built encoder measured apart (--untrained-only)
-        base = matched(rec, top, "untrained") or cached_untrained(
-            {"model": record_model(rec), "seed": rec.get("seed", 0), "probe_train": rec["probe_train"],
-             "probe_test": rec["probe_test"], "solver": rec.get("solver", 1)}).get(row_key(top))
+        base = matched(rec, top, "untrained") or cached_untrained(rec, records).get(row_key(top))
         m = rec.get("machine", {})
         points.append({"recipe": rec["recipe"], "tag": rec["tag"], "tflop": record_tflop(rec),
                        "minutes": rec["train_seconds"] / 60, "features": top["features"], "C": top["C"],

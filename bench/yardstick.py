@@ -96,9 +96,8 @@ def recipe_rows(recipe: str, tag: str, features: str, untrained_tag: str | None 
                 pick[(family, "tuned" if row.get("head") == "C=val" else row.get("head", "C=1"))] = row
     m = record.get("machine")
     where = f"{m['cpu']}, {m['precision']}" if m else "an AMX machine, bf16"
-    return {"recipe": recipe, "tag": tag, "untrained_tag": untrained_tag or tag, "train_seconds": record["train_seconds"],
-            "epochs": record["epochs"], "tflop": record_tflop(record), "rows": pick, "when": record.get("when"),
-            "where": where, "features": features}
+    return {"recipe": recipe, "tag": tag, "train_seconds": record["train_seconds"], "epochs": record["epochs"],
+            "tflop": record_tflop(record), "rows": pick, "when": record.get("when"), "where": where}
 
 
 def table() -> str:
